@@ -1,1 +1,67 @@
-"""polybus."""
+"""polybus: transport-agnostic microservice messaging, wire-compatible with NestJS.
+
+::
+
+    from polybus import Microservice, create_client
+
+    app = Microservice("tcp://127.0.0.1:3000")
+
+    @app.message_pattern({"cmd": "sum"})
+    async def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    async with create_client("tcp://127.0.0.1:3000") as client:
+        assert await client.send({"cmd": "sum"}, [1, 2, 3]) == 6
+"""
+
+from .abc import ClientTransport, ConnectionStatus, Context, Features, ServerTransport
+from .client import DEFAULT_TIMEOUT, Call, ClientProxy
+from .config import redact_url, register_transport
+from .errors import (
+    ConfigError,
+    NoRespondersError,
+    PolybusError,
+    ProtocolError,
+    RequestTimeout,
+    RpcError,
+    RpcException,
+    TransportError,
+)
+from .handlers import event_pattern, message_pattern
+from .packets import Record
+from .registry import ClientRegistry, client_property, create_client
+from .serializers import JsonSerializer, MsgpackSerializer, Serializer
+from .server import Microservice
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Call",
+    "ClientProxy",
+    "ClientRegistry",
+    "ClientTransport",
+    "ConfigError",
+    "ConnectionStatus",
+    "Context",
+    "Features",
+    "JsonSerializer",
+    "Microservice",
+    "MsgpackSerializer",
+    "NoRespondersError",
+    "PolybusError",
+    "ProtocolError",
+    "Record",
+    "RequestTimeout",
+    "RpcError",
+    "RpcException",
+    "Serializer",
+    "ServerTransport",
+    "TransportError",
+    "client_property",
+    "create_client",
+    "event_pattern",
+    "message_pattern",
+    "redact_url",
+    "register_transport",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,201 @@
+"""The two adapter contracts. A transport adapter implements these and nothing more.
+
+Everything else — correlation of replies, timeouts, serialization choices, routing by
+pattern, streaming, error shapes — lives in core. An adapter owns only its broker's own
+request-reply mechanics (PROTOCOL.md per transport) and maps its client library's errors
+to :class:`polybus.errors.TransportError` at its boundary.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .packets import MISSING, Event, Reply, Request
+
+__all__ = [
+    "ClientTransport",
+    "ConnectionStatus",
+    "Context",
+    "Features",
+    "MessageSink",
+    "Release",
+    "ReplySink",
+    "RouteSpec",
+    "ServerTransport",
+]
+
+
+class ConnectionStatus(str, enum.Enum):
+    """Connection state of a client or server, as NestJS's ``status`` stream reports it."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a transport can do; the conformance suite selects its cases from these.
+
+    ``unknown_pattern`` is what a caller sees when no handler exists: an ``"error"`` reply
+    (TCP, RabbitMQ), ``"no_responders"`` (NATS) or ``"timeout"`` (Redis, MQTT, Kafka:
+    nobody is subscribed, so nobody answers).
+    """
+
+    name: str
+    unknown_pattern: Literal["error", "no_responders", "timeout"]
+    object_patterns: bool = True
+    broadcast: bool = False
+    competing_consumers: bool = False
+    durable_events: bool = False
+    headers: bool = False
+    queue_groups: bool = False
+    text_only: bool = False
+    restart_command: Sequence[str] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+class Release(Protocol):
+    """Returned by :meth:`ClientTransport.request`; called once when the call is over."""
+
+    def __call__(self) -> None: ...
+
+
+@runtime_checkable
+class ReplySink(Protocol):
+    """What a client transport reports to: implemented by :class:`polybus.ClientProxy`."""
+
+    def on_reply(self, reply: Reply) -> None:
+        """A reply arrived. ``reply.id`` is the request id; unknown ids are dropped."""
+
+    def on_connection_lost(self, exc: BaseException) -> None:
+        """The connection dropped: every pending request fails with a ``TransportError``."""
+
+    def on_status(self, status: ConnectionStatus) -> None:
+        """The connection state changed."""
+
+
+@runtime_checkable
+class ClientTransport(Protocol):
+    """The client half of an adapter.
+
+    - ``connect`` is called once by core (core makes it idempotent and lazy); it must
+      return only when requests can be sent, or raise ``TransportError``.
+    - ``request`` sends one request and returns a ``Release`` that core calls exactly once
+      when the call is over (reply, error, timeout, cancel): the adapter drops any
+      per-request state there (e.g. a reply-channel reference). Replies go to
+      ``sink.on_reply`` with ``id`` set; the adapter must subscribe for replies *before*
+      the request is published. It may be called from many tasks at once.
+    - ``publish_event`` returns once the transport accepted the event (written to the
+      socket, or acknowledged by the broker where the transport confirms publishes).
+    - ``close`` stops everything; core has already failed pending requests.
+    """
+
+    features: Features
+
+    async def connect(self, sink: ReplySink) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def request(self, request: Request) -> Release: ...
+
+    async def publish_event(self, event: Event) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """A handler route the server must receive: its route string, kind and options."""
+
+    route: str
+    kind: Literal["message", "event"]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Context:
+    """One incoming message, as the server's handlers see it: the per-transport context.
+
+    Adapters subclass it (``TcpContext``, ``RedisContext``, ``NatsContext``, ``RmqContext``,
+    ``KafkaContext``...) to add what their broker knows and to implement
+    :meth:`send_reply` and :meth:`settle`. A handler receives it by annotating a parameter
+    with ``Context`` or a subclass.
+
+    ``pattern`` is the string the server dispatches on (a channel/subject/topic, or a
+    string pattern from the body) or the pattern object from the body; ``id`` is
+    :data:`~polybus.packets.MISSING` for events.
+    """
+
+    __slots__ = ("data", "deadline", "headers", "id", "pattern")
+
+    transport_name = "unknown"
+
+    def __init__(
+        self,
+        pattern: Any,
+        data: Any,
+        id: Any = MISSING,
+        headers: dict[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.pattern = pattern
+        self.data = data
+        self.id = id
+        self.headers = headers
+        self.deadline = deadline
+
+    @property
+    def is_request(self) -> bool:
+        return self.id is not MISSING
+
+    @property
+    def expired(self) -> bool:
+        """True when the caller's deadline has passed: its reply would be dropped."""
+        return self.deadline is not None and time.time() > self.deadline
+
+    async def send_reply(self, reply: Reply) -> None:
+        """Write one reply packet back to the caller (adapters implement)."""
+        raise NotImplementedError
+
+    async def settle(self, ok: bool) -> None:
+        """Called once handling is over: ack/commit (``ok``) or reject without requeue."""
+
+    def __repr__(self) -> str:
+        kind = "request" if self.is_request else "event"
+        return f"<{type(self).__name__} {kind} pattern={self.pattern!r}>"
+
+
+class MessageSink(Protocol):
+    """Implemented by :class:`polybus.Microservice`: hand it every incoming message.
+
+    It returns once the message was accepted for handling (a concurrency slot was free),
+    which gives adapters back-pressure; handling goes on in the background and ends with
+    ``context.settle(ok)``.
+    """
+
+    async def __call__(self, context: Context) -> None: ...
+
+
+@runtime_checkable
+class ServerTransport(Protocol):
+    """The server half of an adapter.
+
+    - ``listen`` subscribes/binds for ``routes`` and starts delivering to ``sink``; it
+      returns once the server is receiving (a request published after it returns is
+      handled).
+    - ``stop`` stops taking new messages (unsubscribe, cancel consumers, stop accepting),
+      while replies of in-flight handlers can still be sent.
+    - ``close`` releases every connection; called after in-flight work was drained.
+    """
+
+    features: Features
+
+    async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,359 @@
+"""``ClientProxy``: ``send()`` (request-response, streams) and ``emit()`` (events).
+
+Pending requests live in one dict keyed by request id; each entry is removed exactly once
+(reply, error, timeout, cancel, close), so thousands can be in flight without leaking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import Any
+
+from .abc import ClientTransport, ConnectionStatus, Release
+from .errors import ConfigError, RequestTimeout, RpcError, TransportError
+from .packets import MISSING, Event, Record, Reply, Request, new_id_factory
+from .patterns import to_route
+
+__all__ = ["DEFAULT_TIMEOUT", "Call", "ClientProxy"]
+
+log = logging.getLogger("polybus.client")
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds a ``send()`` waits for its (final) reply unless told otherwise."""
+
+StatusListener = Callable[[ConnectionStatus], None]
+
+
+class _Pending:
+    """One request in flight: buffered stream items and the waiter of its consumer."""
+
+    __slots__ = ("done", "error", "items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[Any] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.done = False
+        self.error: BaseException | None = None
+
+    def push(self, reply: Reply) -> None:
+        if self.done:
+            return
+        if reply.err:
+            self.error = RpcError(reply.err)
+            self.done = True
+        else:
+            if reply.response is not MISSING or not reply.disposed:
+                self.items.append(None if reply.response is MISSING else reply.response)
+            if reply.disposed:
+                self.done = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.done:
+            return
+        self.error = exc
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Call:
+    """A cold request: nothing is sent until it is awaited or iterated.
+
+    ``await call`` gives the reply (the last value of a streamed reply, ``None`` when the
+    handler returned nothing); ``async for value in call`` gives every value in order.
+    """
+
+    __slots__ = ("_data", "_pattern", "_proxy", "_record", "_started", "_timeout")
+
+    def __init__(
+        self,
+        proxy: ClientProxy,
+        pattern: Any,
+        data: Any,
+        timeout: float | None,
+        record: Record | None,
+    ) -> None:
+        self._proxy = proxy
+        self._pattern = pattern
+        self._data = data
+        self._timeout = timeout
+        self._record = record
+        self._started = False
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._result().__await__()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    def _claim(self) -> None:
+        if self._started:
+            raise RuntimeError("a send() result can be awaited or iterated only once")
+        self._started = True
+
+    async def _result(self) -> Any:
+        self._claim()
+        proxy = self._proxy
+        rid, pending, release, timer = await proxy._start(self)
+        try:
+            while not pending.done:
+                waiter = pending.waiter = proxy._loop.create_future()
+                await waiter
+                if len(pending.items) > 1:
+                    last = pending.items.pop()
+                    pending.items.clear()
+                    pending.items.append(last)
+        finally:
+            proxy._finish(rid, release, timer)
+        if pending.error is not None:
+            raise pending.error
+        return pending.items[-1] if pending.items else None
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        self._claim()
+        proxy = self._proxy
+        rid, pending, release, timer = await proxy._start(self)
+        try:
+            while True:
+                while pending.items:
+                    yield pending.items.popleft()
+                if pending.done:
+                    break
+                waiter = pending.waiter = proxy._loop.create_future()
+                await waiter
+        finally:
+            proxy._finish(rid, release, timer)
+        if pending.error is not None:
+            raise pending.error
+
+    def __repr__(self) -> str:
+        return f"<Call pattern={self._pattern!r} started={self._started}>"
+
+
+class ClientProxy:
+    """Talks to a service through one transport: ``send()``, ``emit()``, ``connect()``, ``close()``.
+
+    Build one with :func:`polybus.create_client`; use ``async with`` or ``close()`` it.
+    ``timeout`` (seconds, ``None`` = wait forever) is the default for every ``send()``.
+    """
+
+    def __init__(
+        self,
+        transport: ClientTransport,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        name: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.name = name
+        self._pending: dict[str, _Pending] = {}
+        self._next_id = new_id_factory()
+        self._connected = False
+        self._connecting: asyncio.Future[None] | None = None
+        self._closed = False
+        self._status = ConnectionStatus.DISCONNECTED
+        self._listeners: list[StatusListener] = []
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def status(self) -> ConnectionStatus:
+        return self._status
+
+    def watch_status(self, listener: StatusListener) -> Callable[[], None]:
+        """Call ``listener`` on every connection state change; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    @property
+    def pending_count(self) -> int:
+        """Requests in flight (for diagnostics and leak checks)."""
+        return len(self._pending)
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop_ref
+        if loop is None:
+            loop = self._loop_ref = asyncio.get_running_loop()
+        return loop
+
+    # -- ReplySink -----------------------------------------------------------------------
+
+    def on_reply(self, reply: Reply) -> None:
+        pending = self._pending.get(reply.id) if reply.id is not None else None
+        if pending is None:
+            log.debug("dropping reply for unknown or finished request %r", reply.id)
+            return
+        pending.push(reply)
+
+    def on_connection_lost(self, exc: BaseException) -> None:
+        error = exc if isinstance(exc, TransportError) else TransportError(f"connection lost: {exc}")
+        for pending in list(self._pending.values()):
+            pending.fail(error)
+
+    def on_status(self, status: ConnectionStatus) -> None:
+        self._status = status
+        for listener in list(self._listeners):
+            try:
+                listener(status)
+            except Exception:
+                log.exception("connection status listener failed")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect the transport; safe to call many times and from many tasks at once."""
+        if self._connected:
+            return
+        if self._closed:
+            raise TransportError("client is closed")
+        if self._connecting is None:
+            self._connecting = self._loop.create_future()
+            try:
+                self.on_status(ConnectionStatus.CONNECTING)
+                await self.transport.connect(self)
+            except BaseException as exc:
+                fut, self._connecting = self._connecting, None
+                error: BaseException = exc
+                if not isinstance(exc, (TransportError, asyncio.CancelledError)):
+                    error = TransportError(f"cannot connect: {exc}")
+                    error.__cause__ = exc
+                fut.set_exception(error)
+                fut.exception()  # mark retrieved: the raising caller reports it
+                self.on_status(ConnectionStatus.DISCONNECTED)
+                if error is exc:
+                    raise
+                raise error from exc
+            self._connected = True
+            self.on_status(ConnectionStatus.CONNECTED)
+            self._connecting.set_result(None)
+        else:
+            await asyncio.shield(self._connecting)
+
+    async def close(self) -> None:
+        """Fail every pending request with ``TransportError`` and close the transport."""
+        if self._closed:
+            return
+        self._closed = True
+        error = TransportError("client closed while the request was pending")
+        for pending in list(self._pending.values()):
+            pending.fail(error)
+        was_connected = self._connected
+        self._connected = False
+        if was_connected or self._connecting is not None:
+            await self.transport.close()
+        self.on_status(ConnectionStatus.CLOSED)
+
+    async def __aenter__(self) -> ClientProxy:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- verbs ---------------------------------------------------------------------------
+
+    def send(
+        self,
+        pattern: Any,
+        data: Any = None,
+        *,
+        timeout: float | None | Any = MISSING,
+        headers: dict[str, str] | None = None,
+    ) -> Call:
+        """A cold request for ``pattern``: await it for the reply, iterate it for a stream."""
+        if pattern is None:
+            raise ConfigError("pattern must not be None")
+        record = data if isinstance(data, Record) else None
+        if headers is not None:
+            record = _with_headers(record, data, headers)
+        return Call(self, pattern, data, self.timeout if timeout is MISSING else timeout, record)
+
+    def emit(
+        self, pattern: Any, data: Any = None, *, headers: dict[str, str] | None = None
+    ) -> asyncio.Task[None]:
+        """Publish an event now; the returned task completes when the transport accepted it."""
+        if pattern is None:
+            raise ConfigError("pattern must not be None")
+        record = data if isinstance(data, Record) else None
+        if headers is not None:
+            record = _with_headers(record, data, headers)
+        event = Event(
+            pattern,
+            to_route(pattern),
+            record.data if record else data,
+            record.headers if record else None,
+            record,
+        )
+        # Not awaiting the task is allowed; asyncio then logs a failure it was never asked for.
+        return self._loop.create_task(self._publish(event))
+
+    async def _publish(self, event: Event) -> None:
+        if not self._connected:
+            await self.connect()
+        await self.transport.publish_event(event)
+
+    # -- call machinery (used by Call) ---------------------------------------------------
+
+    async def _start(self, call: Call) -> tuple[str, _Pending, Release, asyncio.TimerHandle | None]:
+        if not self._connected:
+            await self.connect()
+        rid = self._next_id()
+        record = call._record
+        timeout = call._timeout
+        deadline = None if timeout is None else time.time() + timeout
+        request = Request(
+            rid,
+            call._pattern,
+            to_route(call._pattern),
+            record.data if record else call._data,
+            record.headers if record else None,
+            deadline,
+            record,
+        )
+        pending = _Pending()
+        self._pending[rid] = pending
+        try:
+            release = await self.transport.request(request)
+        except BaseException:
+            del self._pending[rid]
+            raise
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, _expire, pending, timeout, call._pattern)
+        return rid, pending, release, timer
+
+    def _finish(self, rid: str, release: Release, timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()
+        self._pending.pop(rid, None)
+        try:
+            release()
+        except Exception:
+            log.exception("transport release failed")
+
+    def __repr__(self) -> str:
+        return f"<ClientProxy {self.name or ''} transport={self.transport!r} status={self._status.value}>"
+
+
+def _expire(pending: _Pending, timeout: float, pattern: Any) -> None:
+    pending.fail(RequestTimeout(f"no reply to {pattern!r} within {timeout:g}s"))
+
+
+def _with_headers(record: Record | None, data: Any, headers: dict[str, str]) -> Record:
+    if record is None:
+        return Record(data, headers=dict(headers))
+    return dataclasses.replace(record, headers={**(record.headers or {}), **headers})
+

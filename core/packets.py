@@ -1,0 +1,205 @@
+"""Packets as they travel, and the NestJS JSON envelopes they are written in (PROTOCOL.md §1).
+
+Clients build :class:`Request` and :class:`Event`; servers answer with :class:`Reply`.
+Envelope helpers here are shared by every transport that carries NestJS's JSON envelope
+(all but Kafka, which carries the data itself).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any, Final
+
+from .errors import NO_HANDLER_MESSAGE, ProtocolError
+from .serializers import Serializer
+
+__all__ = [
+    "MISSING",
+    "Event",
+    "Record",
+    "Reply",
+    "Request",
+    "decode_incoming",
+    "decode_reply",
+    "encode_event",
+    "encode_reply",
+    "encode_request",
+    "new_id_factory",
+    "reply_envelope",
+]
+
+
+class _Missing:
+    """The absent value: JavaScript's ``undefined`` (a key that is not there)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final = _Missing()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Data with per-message options, in the spirit of NestJS's record builders.
+
+    ``client.send(pattern, Record(data, headers={...}, priority=5))``. Each transport uses
+    the options that mean something to it and ignores the rest: ``headers`` (NATS, RabbitMQ,
+    Kafka), ``priority``/``persistent``/``expiration_ms`` (RabbitMQ), ``key``/``partition``
+    (Kafka).
+    """
+
+    data: Any
+    headers: dict[str, str] | None = None
+    priority: int | None = None
+    persistent: bool | None = None
+    expiration_ms: int | None = None
+    key: str | bytes | None = None
+    partition: int | None = None
+
+
+@dataclass(slots=True)
+class Request:
+    """One outgoing request. ``pattern`` is the caller's value, ``route`` its route string."""
+
+    id: str
+    pattern: Any
+    route: str
+    data: Any
+    headers: dict[str, str] | None = None
+    deadline: float | None = None
+    record: Record | None = None
+
+
+@dataclass(slots=True)
+class Event:
+    """One outgoing event (fire-and-forget)."""
+
+    pattern: Any
+    route: str
+    data: Any
+    headers: dict[str, str] | None = None
+    record: Record | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    """One reply packet. ``response`` is :data:`MISSING` when the key is absent."""
+
+    id: str | None
+    response: Any = MISSING
+    err: Any = None
+    disposed: bool = False
+    status: str | None = field(default=None)
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.err)
+
+    @property
+    def is_final(self) -> bool:
+        return self.disposed or bool(self.err)
+
+    @classmethod
+    def no_handler(cls, id: str | None) -> Reply:
+        return cls(id=id, err=NO_HANDLER_MESSAGE, status="error")
+
+
+def new_id_factory() -> Any:
+    """Return a function making unique request ids: a random 64-bit prefix and a counter."""
+    prefix = os.urandom(8).hex()
+    counter = count(1)
+    return lambda: f"{prefix}{next(counter):x}"
+
+
+def encode_request(serializer: Serializer, request: Request) -> bytes:
+    return serializer.dumps({"pattern": request.pattern, "data": request.data, "id": request.id})
+
+
+def encode_event(serializer: Serializer, event: Event, *, pattern_as_route: bool = False) -> bytes:
+    """Events carry the raw pattern, except on TCP where NestJS sends the route string."""
+    pattern = event.route if pattern_as_route else event.pattern
+    return serializer.dumps({"pattern": pattern, "data": event.data})
+
+
+def reply_envelope(reply: Reply, *, with_id: bool = True) -> dict[str, Any]:
+    """The reply as NestJS writes it: only envelope keys, absent keys absent."""
+    body: dict[str, Any] = {}
+    if reply.response is not MISSING:
+        body["response"] = reply.response
+    if reply.err:
+        body["err"] = reply.err
+    if reply.status is not None:
+        body["status"] = reply.status
+    if reply.disposed:
+        body["isDisposed"] = True
+    if with_id or reply.status is not None:
+        body["id"] = reply.id
+    return body
+
+
+def encode_reply(serializer: Serializer, reply: Reply, *, with_id: bool = True) -> bytes:
+    return serializer.dumps(reply_envelope(reply, with_id=with_id))
+
+
+_ENVELOPE_KEYS: Final = frozenset(("id", "err", "response", "isDisposed", "status"))
+
+
+def decode_reply(serializer: Serializer, body: bytes | bytearray | memoryview) -> Reply:
+    """Decode a reply envelope; a foreign value becomes one final response (NestJS v12 rule)."""
+    value = serializer.loads(body)
+    if isinstance(value, dict) and value and _ENVELOPE_KEYS.issuperset(value):
+        rid = value.get("id")
+        return Reply(
+            id=None if rid is None else str(rid),
+            response=value.get("response", MISSING),
+            err=value.get("err"),
+            disposed=bool(value.get("isDisposed")),
+            status=value.get("status"),
+        )
+    rid = value.get("id") if isinstance(value, dict) else None
+    return Reply(id=None if rid is None else str(rid), response=value, disposed=True)
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A decoded request or event body. ``id`` is MISSING for events.
+
+    ``pattern`` is a string from the wire (a channel, or a string pattern: looked up with
+    :func:`polybus.patterns.route_from_wire`) or the caller's pattern object.
+    """
+
+    pattern: Any
+    data: Any
+    id: Any
+
+
+def decode_incoming(
+    serializer: Serializer, body: bytes | bytearray | memoryview, channel: str | None = None
+) -> Incoming:
+    """Decode a request/event envelope (PROTOCOL.md §1.1, §1.3).
+
+    ``channel`` is the channel/subject the body arrived on, for transports that dispatch by
+    it: there, a body with neither ``pattern`` nor ``data`` is a foreign message, handed to
+    the channel's handler as an event whose data is the whole body.
+    """
+    value = serializer.loads(body)
+    if not isinstance(value, dict):
+        if channel is not None:
+            return Incoming(channel, value, MISSING)
+        raise ProtocolError(f"packet must be an object, got {type(value).__name__}")
+    if channel is not None:
+        if "pattern" not in value and "data" not in value:
+            return Incoming(channel, value, MISSING)
+        return Incoming(channel, value.get("data"), value.get("id", MISSING))
+    pattern = value.get("pattern")
+    if pattern is None:
+        raise ProtocolError("packet has no pattern")
+    return Incoming(pattern, value.get("data"), value.get("id", MISSING))

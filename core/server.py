@@ -1,0 +1,347 @@
+"""``Microservice``: routes incoming messages to handlers and answers as NestJS does."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from .abc import Context, RouteSpec, ServerTransport
+from .errors import ConfigError, RpcException
+from .handlers import HANDLERS_ATTR, Handler, HandlerMark
+from .packets import MISSING, Reply
+from .patterns import route_from_wire, to_route
+
+__all__ = ["DEFAULT_GRACE", "DEFAULT_MAX_CONCURRENCY", "Microservice"]
+
+log = logging.getLogger("polybus.server")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MAX_CONCURRENCY = 1024
+"""Handlers running at once; beyond it, intake waits (back-pressure to the transport)."""
+
+DEFAULT_GRACE = 10.0
+"""Seconds ``close()`` lets in-flight handlers finish before cancelling them."""
+
+INTERNAL_ERROR = {"status": "error", "message": "Internal server error"}
+
+
+class Microservice:
+    """A service: handlers registered by pattern, served over one transport.
+
+    ``Microservice("nats://127.0.0.1:4222")``, a NestJS-style dict, or
+    ``Microservice(transport=...)`` with a ready ``ServerTransport``. ``await app.listen()``
+    starts serving; ``await app.close()`` stops intake, drains in-flight handlers (up to
+    ``grace`` seconds) and closes the transport; ``await app.run()`` serves until SIGINT or
+    SIGTERM.
+    """
+
+    def __init__(
+        self,
+        target: Any = None,
+        *,
+        transport: ServerTransport | None = None,
+        serializer: Any = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        grace: float = DEFAULT_GRACE,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        self._target = target
+        self._transport = transport
+        self._serializer = serializer
+        self._options = options
+        if max_concurrency < 1:
+            raise ConfigError("max_concurrency must be at least 1")
+        self.max_concurrency = max_concurrency
+        self.grace = grace
+        self.name = name
+        self._messages: dict[str, Handler] = {}
+        self._events: dict[str, list[Handler]] = {}
+        self._slots: asyncio.Semaphore | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._listening = False
+        self._closing = False
+        self._stopped: asyncio.Event | None = None
+        self._route_cache: dict[Any, str] = {}
+
+    # -- registration --------------------------------------------------------------------
+
+    def message_pattern(self, pattern: Any, **options: Any) -> Callable[[F], F]:
+        """Register the request handler of ``pattern`` (the last one registered wins)."""
+
+        def decorate(fn: F) -> F:
+            self.add_handler(fn, HandlerMark(pattern, "message", options))
+            return fn
+
+        return decorate
+
+    def event_pattern(self, pattern: Any, **options: Any) -> Callable[[F], F]:
+        """Register an event handler of ``pattern``; every handler of a pattern runs."""
+
+        def decorate(fn: F) -> F:
+            self.add_handler(fn, HandlerMark(pattern, "event", options))
+            return fn
+
+        return decorate
+
+    def add_handler(self, fn: Callable[..., Any], mark: HandlerMark) -> Handler:
+        if self._listening:
+            raise ConfigError("register handlers before listen()")
+        handler = Handler(fn, mark)
+        if mark.kind == "message":
+            self._messages[handler.route] = handler
+        else:
+            self._events.setdefault(handler.route, []).append(handler)
+        return handler
+
+    def include(self, obj: Any) -> Any:
+        """Register every function or method of ``obj`` marked with the module decorators."""
+        for attr in dir(obj):
+            member = getattr(obj, attr, None)
+            for mark in getattr(member, HANDLERS_ATTR, ()):
+                assert callable(member)
+                self.add_handler(member, mark)
+        return obj
+
+    @property
+    def handlers(self) -> list[Handler]:
+        return [*self._messages.values(), *(h for hs in self._events.values() for h in hs)]
+
+    def routes(self) -> list[RouteSpec]:
+        specs = [RouteSpec(h.route, "message", h.options) for h in self._messages.values()]
+        for route, handlers in self._events.items():
+            options: dict[str, Any] = {}
+            for handler in handlers:
+                options.update(handler.options)
+            if route not in self._messages:
+                specs.append(RouteSpec(route, "event", options))
+        return specs
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def transport(self) -> ServerTransport:
+        if self._transport is None:
+            from .config import create_server_transport
+
+            self._transport = create_server_transport(
+                self._target, serializer=self._serializer, **self._options
+            )
+        return self._transport
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def listen(self) -> None:
+        """Start receiving; returns once messages published from now on are handled."""
+        if self._listening:
+            return
+        transport = self.transport
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._stopped = asyncio.Event()
+        self._listening = True
+        try:
+            await transport.listen(self.routes(), self._accept)
+        except BaseException:
+            self._listening = False
+            raise
+        log.info("%s listening on %s routes", self.name or "microservice", len(self.routes()))
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop intake, let in-flight handlers finish (up to ``grace`` s), close the transport."""
+        if not self._listening or self._closing:
+            return
+        self._closing = True
+        transport = self.transport
+        try:
+            await transport.stop()
+            await self.drain(self.grace if grace is None else grace)
+        finally:
+            await transport.close()
+            self._listening = False
+            self._closing = False
+            if self._stopped is not None:
+                self._stopped.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for in-flight handlers; cancel the ones still running after ``timeout``."""
+        if not self._inflight:
+            return
+        _, still_running = await asyncio.wait(set(self._inflight), timeout=timeout)
+        for task in still_running:
+            task.cancel()
+        if still_running:
+            log.warning("cancelled %d handlers still running after %.1fs", len(still_running), timeout)
+            await asyncio.wait(still_running)
+
+    async def run(self) -> None:
+        """Listen until SIGINT/SIGTERM (or ``close()``), then shut down gracefully."""
+        await self.listen()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+                pass
+        assert self._stopped is not None
+        stopped = self._stopped
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(stopped.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.close()
+
+    async def __aenter__(self) -> Microservice:
+        await self.listen()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def _route(self, pattern: Any) -> str:
+        if isinstance(pattern, str):
+            return route_from_wire(pattern)
+        return to_route(pattern)
+
+    async def _accept(self, context: Context) -> None:
+        """The ``MessageSink``: take a slot, then handle in the background."""
+        if self._closing:
+            await context.settle(False)
+            return
+        slots = self._slots
+        assert slots is not None
+        await slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._handle(context))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        assert self._slots is not None
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handler task failed", exc_info=task.exception())
+
+    async def _handle(self, context: Context) -> None:
+        try:
+            route = self._route(context.pattern)
+        except (TypeError, ValueError) as exc:
+            log.warning("unroutable pattern %r: %s", context.pattern, exc)
+            if context.is_request:
+                await context.send_reply(Reply.no_handler(context.id))
+            await context.settle(False)
+            return
+        if context.is_request:
+            await self._handle_request(route, context)
+        else:
+            await self._handle_event(route, context)
+
+    async def _handle_request(self, route: str, context: Context) -> None:
+        handler = self._messages.get(route)
+        if handler is None:
+            events = self._events.get(route)
+            if events:  # NestJS runs event handlers for a request and replies with their result
+                handler = events[-1]
+        if handler is None:
+            log.warning("no message handler for pattern %r", context.pattern)
+            await context.send_reply(Reply.no_handler(context.id))
+            await context.settle(False)
+            return
+        if context.expired:
+            log.info("skipping %r: the caller's deadline has passed", route)
+            await context.settle(True)
+            return
+        rid = context.id
+        ok = True
+        try:
+            result = handler.call(context.data, context)
+            if handler.is_asyncgen or handler.is_generator:
+                await self._stream(rid, result, context)
+                return
+            if handler.is_coroutine or asyncio.iscoroutine(result):
+                result = await result
+            await context.send_reply(
+                Reply(rid, MISSING if result is None else result, None, True)
+            )
+        except Exception as exc:
+            ok = False
+            await context.send_reply(Reply(rid, MISSING, _error_payload(exc, handler), True))
+        finally:
+            await context.settle(ok)
+
+    async def _stream(self, rid: Any, result: Any, context: Context) -> None:
+        """Send every item; completion rides on the last item (as NestJS merges it)."""
+        items: AsyncIterator[Any] = result if hasattr(result, "__anext__") else _aiter(result)
+        try:
+            item = await items.__anext__()
+        except StopAsyncIteration:
+            await context.send_reply(Reply(rid, MISSING, None, True))
+            return
+        while True:
+            try:
+                following = await items.__anext__()
+            except StopAsyncIteration:
+                await context.send_reply(Reply(rid, item, None, True))
+                return
+            await context.send_reply(Reply(rid, item))
+            item = following
+
+    async def _handle_event(self, route: str, context: Context) -> None:
+        handlers = self._events.get(route)
+        if not handlers:
+            message = self._messages.get(route)
+            if message is None:
+                log.warning("no event handler for pattern %r", context.pattern)
+                await context.settle(False)
+                return
+            handlers = [message]
+        ok = True
+        for handler in handlers:
+            try:
+                result = handler.call(context.data, context)
+                if handler.is_asyncgen or handler.is_generator:
+                    async for _ in result if hasattr(result, "__anext__") else _aiter(result):
+                        pass
+                elif handler.is_coroutine or asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                ok = False
+                log.exception("event handler %s failed for %r", handler.name, route)
+        await context.settle(ok)
+
+    def __repr__(self) -> str:
+        return f"<Microservice {self.name or ''} handlers={len(self.handlers)}>"
+
+
+def _error_payload(exc: Exception, handler: Handler) -> Any:
+    if isinstance(exc, RpcException):
+        return exc.to_wire()
+    if isinstance(exc, ValidationError):
+        return {
+            "status": "error",
+            "message": "Validation failed",
+            "errors": exc.errors(include_url=False, include_context=False, include_input=False),
+        }
+    log.exception("handler %s failed", handler.name)
+    return dict(INTERNAL_ERROR)
+
+
+async def _aiter(items: Iterator[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item

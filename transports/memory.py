@@ -1,0 +1,175 @@
+"""In-memory transport (``memory://<name>``): the semantics of TCP without a socket.
+
+For users' unit tests. Messages still go through the serializer, so what would fail to
+cross a real transport fails here too. Several servers on one name compete for messages
+(round robin); a request for a pattern no server handles gets NestJS's no-handler error.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from polybus.abc import (
+    Context,
+    Features,
+    MessageSink,
+    Release,
+    ReplySink,
+    RouteSpec,
+)
+from polybus.config import TransportOptions, TransportPlugin, split_url
+from polybus.errors import ProtocolError, TransportError
+from polybus.packets import (
+    MISSING,
+    Event,
+    Reply,
+    Request,
+    decode_incoming,
+    decode_reply,
+    encode_event,
+    encode_reply,
+    encode_request,
+)
+from polybus.serializers import Serializer
+
+__all__ = ["MemoryClientTransport", "MemoryContext", "MemoryOptions", "MemoryServerTransport"]
+
+FEATURES = Features(name="memory", unknown_pattern="error", competing_consumers=True)
+
+
+@dataclass
+class MemoryOptions(TransportOptions):
+    name: str = "default"
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryOptions:
+        parts = split_url(url, ("memory",))
+        return cls(name=parts.netloc or parts.path.lstrip("/") or "default")
+
+
+class _Bus:
+    """One named in-memory endpoint: the servers listening on it."""
+
+    def __init__(self) -> None:
+        self.servers: list[MemoryServerTransport] = []
+        self._turn = itertools.count()
+
+    def pick(self) -> MemoryServerTransport | None:
+        if not self.servers:
+            return None
+        return self.servers[next(self._turn) % len(self.servers)]
+
+
+_BUSES: dict[str, _Bus] = {}
+
+
+def _bus(name: str) -> _Bus:
+    bus = _BUSES.get(name)
+    if bus is None:
+        bus = _BUSES[name] = _Bus()
+    return bus
+
+
+def _check_size(body: bytes, options: MemoryOptions) -> bytes:
+    if len(body) > options.max_message_bytes:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds max_message_bytes={options.max_message_bytes}")
+    return body
+
+
+class MemoryContext(Context):
+    """Context of an in-memory message."""
+
+    __slots__ = ("_client",)
+    transport_name = "memory"
+
+    def __init__(self, pattern: Any, data: Any, id: Any, client: MemoryClientTransport | None) -> None:
+        super().__init__(pattern, data, id)
+        self._client = client
+
+    async def send_reply(self, reply: Reply) -> None:
+        client = self._client
+        if client is None or client._sink is None:
+            return
+        body = encode_reply(client._serializer, reply)
+        client._sink.on_reply(decode_reply(client._serializer, body))
+
+
+class MemoryClientTransport:
+    features = FEATURES
+
+    def __init__(self, options: MemoryOptions, serializer: Serializer) -> None:
+        self.options = options
+        self._serializer = serializer
+        self._sink: ReplySink | None = None
+
+    async def connect(self, sink: ReplySink) -> None:
+        self._sink = sink
+
+    async def close(self) -> None:
+        self._sink = None
+
+    def _server(self) -> MemoryServerTransport:
+        if self._sink is None:
+            raise TransportError("memory client is closed")
+        server = _bus(self.options.name).pick()
+        if server is None:
+            raise TransportError(f"no server listens on memory://{self.options.name}")
+        return server
+
+    async def request(self, request: Request) -> Release:
+        server = self._server()
+        body = _check_size(encode_request(self._serializer, request), self.options)
+        await server._deliver(body, self)
+        return _noop
+
+    async def publish_event(self, event: Event) -> None:
+        server = self._server()
+        body = _check_size(encode_event(self._serializer, event, pattern_as_route=True), self.options)
+        await server._deliver(body, None)
+
+    def __repr__(self) -> str:
+        return f"MemoryClientTransport(memory://{self.options.name})"
+
+
+def _noop() -> None:
+    pass
+
+
+class MemoryServerTransport:
+    features = FEATURES
+
+    def __init__(self, options: MemoryOptions, serializer: Serializer) -> None:
+        self.options = options
+        self._serializer = serializer
+        self._sink: MessageSink | None = None
+
+    async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
+        self._sink = sink
+        _bus(self.options.name).servers.append(self)
+
+    async def stop(self) -> None:
+        bus = _bus(self.options.name)
+        if self in bus.servers:
+            bus.servers.remove(self)
+
+    async def close(self) -> None:
+        await self.stop()
+        self._sink = None
+
+    async def _deliver(self, body: bytes, client: MemoryClientTransport | None) -> None:
+        sink = self._sink
+        if sink is None:
+            raise TransportError(f"memory://{self.options.name} server is closed")
+        incoming = decode_incoming(self._serializer, body)
+        if incoming.id is MISSING:
+            client = None
+        await sink(MemoryContext(incoming.pattern, incoming.data, incoming.id, client))
+
+    def __repr__(self) -> str:
+        return f"MemoryServerTransport(memory://{self.options.name})"
+
+
+PLUGIN = TransportPlugin("MEMORY", MemoryOptions, MemoryClientTransport, MemoryServerTransport)
