@@ -26,6 +26,7 @@ __all__ = [
     "ReplySink",
     "RouteSpec",
     "ServerTransport",
+    "SupportsCleanup",
 ]
 
 
@@ -57,8 +58,14 @@ class Features:
     headers: bool = False
     queue_groups: bool = False
     text_only: bool = False
+    streaming: bool = True
+    isolation_option: str | None = None
+    """Option naming the broker-side service (RabbitMQ ``queue``, Kafka ``group_id``):
+    the conformance suite gives each test its own value so tests never share state."""
     restart_command: Sequence[str] | None = None
+    """Shell command that restarts this machine's local broker (the fault suite uses it)."""
     notes: dict[str, str] = field(default_factory=dict)
+    """Declared differences, case name → reason, shown when the suite skips a case."""
 
 
 class Release(Protocol):
@@ -73,6 +80,9 @@ class ReplySink(Protocol):
 
     def on_reply(self, reply: Reply) -> None:
         """A reply arrived. ``reply.id`` is the request id; unknown ids are dropped."""
+
+    def on_request_error(self, id: str, exc: BaseException) -> None:
+        """Fail one pending request with ``exc`` (e.g. ``NoRespondersError``)."""
 
     def on_connection_lost(self, exc: BaseException) -> None:
         """The connection dropped: every pending request fails with a ``TransportError``."""
@@ -178,6 +188,14 @@ class MessageSink(Protocol):
     """
 
     async def __call__(self, context: Context) -> None: ...
+
+
+@runtime_checkable
+class SupportsCleanup(Protocol):
+    """Optional: a server transport that can delete the broker-side state it created
+    (durable queues, topics). The conformance suite calls it after each test."""
+
+    async def delete_resources(self) -> None: ...
 
 
 @runtime_checkable

@@ -198,6 +198,11 @@ class ClientProxy:
             return
         pending.push(reply)
 
+    def on_request_error(self, id: str, exc: BaseException) -> None:
+        pending = self._pending.get(id)
+        if pending is not None:
+            pending.fail(exc)
+
     def on_connection_lost(self, exc: BaseException) -> None:
         error = exc if isinstance(exc, TransportError) else TransportError(f"connection lost: {exc}")
         for pending in list(self._pending.values()):

@@ -1,0 +1,102 @@
+"""Where the tests find their brokers.
+
+A broker URL comes from the environment first (``POLYBUS_REDIS_URL``...), else the local
+default; if nothing answers there and a Docker engine is available, testcontainers starts
+one; otherwise the test is skipped with the reason — except under ``CI=true``, where a
+broker test that cannot run fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pytest
+
+from ..config import redact_url
+
+__all__ = ["BROKERS", "broker_url", "in_ci", "require"]
+
+
+@dataclass(frozen=True)
+class Broker:
+    env: str
+    default: str
+    image: str | None
+
+
+BROKERS: dict[str, Broker] = {
+    "redis": Broker("POLYBUS_REDIS_URL", "redis://127.0.0.1:6379", "redis:7.2.5"),
+    "nats": Broker("POLYBUS_NATS_URL", "nats://127.0.0.1:4222", "nats:2.10.22"),
+    "rabbitmq": Broker("POLYBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq:3.13.7"),
+    "kafka": Broker("POLYBUS_KAFKA_URL", "kafka://127.0.0.1:19092", "apache/kafka:3.9.0"),
+}
+
+_started: dict[str, str] = {}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(reason: str) -> None:
+    """Skip with ``reason``; under CI a missing requirement is a failure, not a skip."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: broker tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _answers(url: str, timeout: float = 1.0) -> bool:
+    parts = urlsplit(url)
+    hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
+    for host_port in hosts:
+        host, _, port = host_port.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+def _start_container(name: str) -> str:  # pragma: no cover - needs a Docker engine
+    from testcontainers.core.container import DockerContainer
+
+    broker = BROKERS[name]
+    ports = {"redis": 6379, "nats": 4222, "rabbitmq": 5672, "kafka": 9092}
+    container = DockerContainer(broker.image).with_exposed_ports(ports[name])
+    if name == "nats":
+        container = container.with_command("-js")
+    container.start()
+    host = container.get_container_host_ip()
+    port = container.get_exposed_port(ports[name])
+    scheme = urlsplit(broker.default).scheme
+    auth = "guest:guest@" if name == "rabbitmq" else ""
+    return f"{scheme}://{auth}{host}:{port}" + ("/" if name == "rabbitmq" else "")
+
+
+def broker_url(name: str) -> str:
+    """The URL of a running ``name`` broker, or skip/fail the calling test."""
+    broker = BROKERS[name]
+    url = os.environ.get(broker.env) or broker.default
+    if name in _started:
+        return _started[name]
+    if _answers(url):
+        return url
+    if _docker_available():
+        _started[name] = _start_container(name)
+        return _started[name]
+    require(f"{name} broker unavailable at {redact_url(url)} (set {broker.env}) and no Docker engine to start one")
+    raise AssertionError("unreachable")

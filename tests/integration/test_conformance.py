@@ -1,0 +1,22 @@
+"""The shipped conformance suite, run against every transport of this repository."""
+
+from __future__ import annotations
+
+import pytest
+
+from polybus.testing.brokers import broker_url
+from polybus.testing.conformance import *  # noqa: F403
+
+TRANSPORTS = {
+    "memory": lambda: "memory://conformance",
+    "tcp": lambda: "tcp://127.0.0.1:0",
+    "redis": lambda: broker_url("redis"),
+    "nats": lambda: broker_url("nats"),
+    "rabbitmq": lambda: broker_url("rabbitmq"),
+    "kafka": lambda: broker_url("kafka"),
+}
+
+
+@pytest.fixture(params=list(TRANSPORTS))
+def polybus_url(request: pytest.FixtureRequest) -> str:
+    return TRANSPORTS[request.param]()
