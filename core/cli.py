@@ -35,12 +35,16 @@ def _use_uvloop(enabled: bool) -> None:
 @click.option("--uvloop/--no-uvloop", default=False, help="Run on uvloop.")
 def main(log_level: str, uvloop: bool) -> None:
     """polybus: NestJS-compatible microservice messaging for Python."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     _use_uvloop(uvloop)
 
 
 @main.command()
-@click.option("--url", default=None, help="Transport URL (default: TCP on loopback, no broker needed).")
+@click.option(
+    "--url", default=None, help="Transport URL (default: TCP on loopback, no broker needed)."
+)
 def demo(url: str | None) -> None:
     """Run the orders/billing example and print the invoice."""
     from .demo import DEFAULT_URL, run_demo
@@ -90,7 +94,9 @@ class _Collector:
             if report.skipped and isinstance(report.longrepr, tuple):
                 reason = str(report.longrepr[2]).removeprefix("Skipped: ")
             elif report.failed:
-                reason = str(getattr(report.longrepr, "reprcrash", None) or "").splitlines()[0][:100]
+                reason = str(getattr(report.longrepr, "reprcrash", None) or "").splitlines()[0][
+                    :100
+                ]
             self.rows[name] = [report.outcome, reason]
 
 
@@ -103,13 +109,24 @@ def conformance(url: str, external: bool, keyword: str | None) -> None:
     try:
         import pytest
     except ImportError as exc:
-        raise click.ClickException("the conformance suite needs pytest: pip install pytest") from exc
+        raise click.ClickException(
+            "the conformance suite needs pytest: pip install pytest"
+        ) from exc
     with tempfile.TemporaryDirectory(prefix="polybus-conformance-") as workdir:
         # A one-line test module importing the shipped cases by their package name, so
         # they run against the installed polybus whatever the install layout.
         cases = Path(workdir) / "test_polybus_conformance.py"
         cases.write_text("from polybus.testing.conformance import *  # noqa: F403\n")
-        args = [str(cases), "--rootdir", workdir, "--polybus-url", url, "-q", "-p", "no:cacheprovider"]
+        args = [
+            str(cases),
+            "--rootdir",
+            workdir,
+            "--polybus-url",
+            url,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ]
         if external:
             args.append("--polybus-external")
         if keyword:
@@ -121,6 +138,11 @@ def conformance(url: str, external: bool, keyword: str | None) -> None:
     click.echo(f"{'case':<{width}}  outcome  note")
     for name, (outcome, reason) in collector.rows.items():
         click.echo(f"{name:<{width}}  {outcome:<7}  {reason}")
-    counts = {o: sum(1 for r in collector.rows.values() if r[0] == o) for o in ("passed", "skipped", "failed")}
-    click.echo(f"\n{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    counts = {
+        o: sum(1 for r in collector.rows.values() if r[0] == o)
+        for o in ("passed", "skipped", "failed")
+    }
+    click.echo(
+        f"\n{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+    )
     sys.exit(int(code))

@@ -204,7 +204,9 @@ class ClientProxy:
             pending.fail(exc)
 
     def on_connection_lost(self, exc: BaseException) -> None:
-        error = exc if isinstance(exc, TransportError) else TransportError(f"connection lost: {exc}")
+        error = (
+            exc if isinstance(exc, TransportError) else TransportError(f"connection lost: {exc}")
+        )
         for pending in list(self._pending.values()):
             pending.fail(error)
 
@@ -275,7 +277,7 @@ class ClientProxy:
         pattern: Any,
         data: Any = None,
         *,
-        timeout: float | None | Any = MISSING,
+        timeout: float | Any | None = MISSING,
         headers: dict[str, str] | None = None,
     ) -> Call:
         """A cold request for ``pattern``: await it for the reply, iterate it for a stream."""
@@ -350,7 +352,8 @@ class ClientProxy:
             log.exception("transport release failed")
 
     def __repr__(self) -> str:
-        return f"<ClientProxy {self.name or ''} transport={self.transport!r} status={self._status.value}>"
+        name = f" {self.name}" if self.name else ""
+        return f"<ClientProxy{name} transport={self.transport!r} status={self._status.value}>"
 
 
 def _expire(pending: _Pending, timeout: float, pattern: Any) -> None:
@@ -361,4 +364,3 @@ def _with_headers(record: Record | None, data: Any, headers: dict[str, str]) -> 
     if record is None:
         return Record(data, headers=dict(headers))
     return dataclasses.replace(record, headers={**(record.headers or {}), **headers})
-

@@ -72,7 +72,7 @@ class TransportPlugin:
     server: type[Any]
 
 
-O = TypeVar("O", bound="TransportOptions")
+OptionsT = TypeVar("OptionsT", bound="TransportOptions")
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -93,16 +93,16 @@ class TransportOptions:
     """Largest message accepted or sent; larger ones are refused with ``ProtocolError``."""
 
     @classmethod
-    def from_url(cls: type[O], url: str) -> O:
+    def from_url(cls: type[OptionsT], url: str) -> OptionsT:
         """Options from a URL such as ``tcp://127.0.0.1:3000?max_message_bytes=1048576``."""
         raise NotImplementedError
 
     @classmethod
-    def from_nest(cls: type[O], options: Mapping[str, Any]) -> O:
+    def from_nest(cls: type[OptionsT], options: Mapping[str, Any]) -> OptionsT:
         """Options from a NestJS-style ``options`` object (camelCase names accepted)."""
         return cls().with_overrides(options)
 
-    def with_overrides(self: O, overrides: Mapping[str, Any]) -> O:
+    def with_overrides(self: OptionsT, overrides: Mapping[str, Any]) -> OptionsT:
         if not overrides:
             return self
         names = {f.name for f in dataclasses.fields(self)}
@@ -111,7 +111,9 @@ class TransportOptions:
             name = key if key in names else _snake(key)
             if name not in names:
                 known = ", ".join(sorted(names))
-                raise ConfigError(f"unknown option {key!r} for {type(self).__name__}; known: {known}")
+                raise ConfigError(
+                    f"unknown option {key!r} for {type(self).__name__}; known: {known}"
+                )
             changes[name] = value
         return dataclasses.replace(self, **changes)
 
@@ -172,13 +174,16 @@ def _plugin(scheme: str) -> TransportPlugin:
         extra = {"rediss": "redis", "tls": "nats", "amqp": "rabbitmq", "amqps": "rabbitmq"}
         hint = extra.get(scheme, scheme)
         raise ConfigError(
-            f"the {scheme}:// transport needs its client library: pip install polybus[{hint}] ({exc})"
+            f"the {scheme}:// transport needs its client library: "
+            f"pip install polybus[{hint}] ({exc})"
         ) from exc
     plugin: TransportPlugin = module.PLUGIN
     return plugin
 
 
-def resolve_target(target: Any, overrides: Mapping[str, Any]) -> tuple[TransportPlugin, TransportOptions]:
+def resolve_target(
+    target: Any, overrides: Mapping[str, Any]
+) -> tuple[TransportPlugin, TransportOptions]:
     """Turn a URL, a NestJS-style dict or ``None`` (environment) into plugin and options."""
     if target is None:
         target = os.environ.get(ENV_URL)
@@ -195,7 +200,9 @@ def resolve_target(target: Any, overrides: Mapping[str, Any]) -> tuple[Transport
     raise ConfigError(f"cannot configure a transport from {type(target).__name__}")
 
 
-def _from_dict(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[TransportPlugin, TransportOptions]:
+def _from_dict(
+    config: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> tuple[TransportPlugin, TransportOptions]:
     unknown = set(config) - {"transport", "options", "name", "url"}
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")

@@ -25,7 +25,7 @@ DEFAULT_URL = "tcp://127.0.0.1:0"
 
 
 class ChargeRequest(BaseModel):
-    orderId: str  # noqa: N815 - the NestJS field name
+    orderId: str
     amount: int
 
 

@@ -76,7 +76,7 @@ class RpcError(PolybusError):
     @property
     def no_handler(self) -> bool:
         """True when the server had no handler for the pattern."""
-        return self.error == NO_HANDLER_MESSAGE
+        return isinstance(self.error, str) and self.error == NO_HANDLER_MESSAGE
 
     def __str__(self) -> str:
         if isinstance(self.error, dict) and "message" in self.error:

@@ -37,7 +37,9 @@ class HandlerMark:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _mark(pattern: Any, kind: Literal["message", "event"], options: dict[str, Any]) -> Callable[[F], F]:
+def _mark(
+    pattern: Any, kind: Literal["message", "event"], options: dict[str, Any]
+) -> Callable[[F], F]:
     if pattern is None:
         raise ConfigError("a handler pattern must not be None")
     to_route(pattern)  # fail at decoration time on an unusable pattern
@@ -76,9 +78,9 @@ class Handler:
         "kind",
         "name",
         "options",
-        "pattern",
         "pass_context",
         "pass_data",
+        "pattern",
         "route",
         "validate",
     )
@@ -102,8 +104,14 @@ class Handler:
         if self.pass_context is None:
             return self.fn(data) if self.pass_data else self.fn()
         if self.pass_data:
-            return self.fn(data, context) if self.pass_context == "" else self.fn(data, **{self.pass_context: context})
-        return self.fn(context) if self.pass_context == "" else self.fn(**{self.pass_context: context})
+            return (
+                self.fn(data, context)
+                if self.pass_context == ""
+                else self.fn(data, **{self.pass_context: context})
+            )
+        return (
+            self.fn(context) if self.pass_context == "" else self.fn(**{self.pass_context: context})
+        )
 
     def __repr__(self) -> str:
         return f"<Handler {self.kind} {self.route!r} -> {self.name}>"

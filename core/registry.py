@@ -93,8 +93,12 @@ class ClientRegistry:
             client = self._clients[name] = create_client(target, name=name, **options)
             return client
         if name in self._factories:
-            raise ConfigError(f"client {name!r} comes from an async factory: await connect_all() first")
-        raise ConfigError(f"no client named {name!r}; registered: {', '.join(self.names) or 'none'}")
+            raise ConfigError(
+                f"client {name!r} comes from an async factory: await connect_all() first"
+            )
+        raise ConfigError(
+            f"no client named {name!r}; registered: {', '.join(self.names) or 'none'}"
+        )
 
     __getitem__ = get
 
@@ -135,7 +139,7 @@ class ClientRegistry:
         await self.close_all()
 
 
-class client_property:  # noqa: N801 - used as a decorator-like descriptor, like @property
+class client_property:
     """A class attribute that builds its client from inline options on first use.
 
     ::

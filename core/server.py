@@ -178,7 +178,9 @@ class Microservice:
         for task in still_running:
             task.cancel()
         if still_running:
-            log.warning("cancelled %d handlers still running after %.1fs", len(still_running), timeout)
+            log.warning(
+                "cancelled %d handlers still running after %.1fs", len(still_running), timeout
+            )
             await asyncio.wait(still_running)
 
     async def run(self) -> None:
@@ -254,10 +256,12 @@ class Microservice:
 
     async def _handle_request(self, route: str, context: Context) -> None:
         handler = self._messages.get(route)
-        if handler is None:
-            events = self._events.get(route)
-            if events:  # NestJS runs event handlers for a request and replies with their result
-                handler = events[-1]
+        if handler is None and route in self._events:
+            # NestJS runs the event handlers of a request's pattern and completes the call.
+            ok = await self._run_events(route, self._events[route], context)
+            await context.send_reply(Reply(context.id, MISSING, None, True))
+            await context.settle(ok)
+            return
         if handler is None:
             log.warning("no message handler for pattern %r", context.pattern)
             await context.send_reply(Reply.no_handler(context.id))
@@ -276,9 +280,7 @@ class Microservice:
                 return
             if handler.is_coroutine or asyncio.iscoroutine(result):
                 result = await result
-            await context.send_reply(
-                Reply(rid, MISSING if result is None else result, None, True)
-            )
+            await context.send_reply(Reply(rid, MISSING if result is None else result, None, True))
         except Exception as exc:
             ok = False
             await context.send_reply(Reply(rid, MISSING, _error_payload(exc, handler), True))
@@ -311,6 +313,9 @@ class Microservice:
                 await context.settle(False)
                 return
             handlers = [message]
+        await context.settle(await self._run_events(route, handlers, context))
+
+    async def _run_events(self, route: str, handlers: list[Handler], context: Context) -> bool:
         ok = True
         for handler in handlers:
             try:
@@ -323,7 +328,7 @@ class Microservice:
             except Exception:
                 ok = False
                 log.exception("event handler %s failed for %r", handler.name, route)
-        await context.settle(ok)
+        return ok
 
     def __repr__(self) -> str:
         return f"<Microservice {self.name or ''} handlers={len(self.handlers)}>"

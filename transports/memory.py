@@ -75,7 +75,9 @@ def _bus(name: str) -> _Bus:
 
 def _check_size(body: bytes, options: MemoryOptions) -> bytes:
     if len(body) > options.max_message_bytes:
-        raise ProtocolError(f"message of {len(body)} bytes exceeds max_message_bytes={options.max_message_bytes}")
+        raise ProtocolError(
+            f"message of {len(body)} bytes exceeds max_message_bytes={options.max_message_bytes}"
+        )
     return body
 
 
@@ -85,7 +87,9 @@ class MemoryContext(Context):
     __slots__ = ("_client",)
     transport_name = "memory"
 
-    def __init__(self, pattern: Any, data: Any, id: Any, client: MemoryClientTransport | None) -> None:
+    def __init__(
+        self, pattern: Any, data: Any, id: Any, client: MemoryClientTransport | None
+    ) -> None:
         super().__init__(pattern, data, id)
         self._client = client
 
@@ -127,7 +131,9 @@ class MemoryClientTransport:
 
     async def publish_event(self, event: Event) -> None:
         server = self._server()
-        body = _check_size(encode_event(self._serializer, event, pattern_as_route=True), self.options)
+        body = _check_size(
+            encode_event(self._serializer, event, pattern_as_route=True), self.options
+        )
         await server._deliver(body, None)
 
     def __repr__(self) -> str:

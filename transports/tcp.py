@@ -18,7 +18,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from polybus.abc import ConnectionStatus, Context, Features, MessageSink, Release, ReplySink, RouteSpec
+from polybus.abc import (
+    ConnectionStatus,
+    Context,
+    Features,
+    MessageSink,
+    Release,
+    ReplySink,
+    RouteSpec,
+)
 from polybus.config import TransportOptions, TransportPlugin, split_url, url_query
 from polybus.errors import ConfigError, ProtocolError, TransportError
 from polybus.packets import (
@@ -94,7 +102,9 @@ class FrameDecoder:
                 raise ProtocolError(f"corrupted frame length {prefix[:20]!r}")
             units = int(prefix)
             if units > self._max_units:
-                raise ProtocolError(f"frame of {units} characters exceeds the maximum of {self._max_units}")
+                raise ProtocolError(
+                    f"frame of {units} characters exceeds the maximum of {self._max_units}"
+                )
             start = hash_at + 1
             if start + units > end:
                 self._need = start + units - pos  # at least this many bytes from the frame start
@@ -127,14 +137,16 @@ def _utf8_size_of_units(buf: bytearray, start: int, units: int) -> int | None:
         raise ProtocolError(f"invalid UTF-8 in frame: {exc.reason}") from None
     if len(text) + len(_ASTRAL.findall(text)) < units:
         return None
-    chars = units
-    while True:
-        counted = chars + len(_ASTRAL.findall(text, 0, chars))
-        if counted == units:
-            return len(text[:chars].encode("utf-8"))
-        if counted < units:
-            raise ProtocolError("corrupted frame: length splits a character")
-        chars -= counted - units
+    # chars + (astral chars among them) grows by 1 or 2 per char: start from a lower bound
+    # and walk forward to the exact count.
+    chars = units - len(_ASTRAL.findall(text, 0, units))
+    counted = chars + len(_ASTRAL.findall(text, 0, chars))
+    while counted < units:
+        counted += 2 if ord(text[chars]) > 0xFFFF else 1
+        chars += 1
+    if counted != units:
+        raise ProtocolError("corrupted frame: length splits a character")
+    return len(text[:chars].encode("utf-8"))
 
 
 # -- options ------------------------------------------------------------------------------
@@ -180,8 +192,9 @@ class TcpOptions(TransportOptions):
             if isinstance(tls, ssl.SSLContext):
                 result.ssl_context = tls
             elif isinstance(tls, dict):
+                names = {"ca": "ca_file", "cert": "cert_file", "key": "key_file"}
                 result = result.with_overrides(
-                    {{"ca": "ca_file", "cert": "cert_file", "key": "key_file"}.get(k, k): v for k, v in tls.items()}
+                    {names.get(str(k), str(k)): v for k, v in tls.items()}
                 )
         return result
 
@@ -326,7 +339,8 @@ class TcpClientTransport:
                 )
             except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                 raise TransportError(
-                    f"cannot connect to tcp://{options.host}:{options.port}: {exc or type(exc).__name__}"
+                    f"cannot connect to tcp://{options.host}:{options.port}: "
+                    f"{exc or type(exc).__name__}"
                 ) from exc
             self._conn = protocol
             protocol.closed.add_done_callback(lambda _: self._lost(protocol))
@@ -361,13 +375,16 @@ class TcpClientTransport:
 
     async def publish_event(self, event: Event) -> None:
         conn = self._conn or await self._ensure()
-        conn.write(frame(self._checked(encode_event(self._serializer, event, pattern_as_route=True))))
+        conn.write(
+            frame(self._checked(encode_event(self._serializer, event, pattern_as_route=True)))
+        )
         await conn.drain()
 
     def _checked(self, body: bytes) -> bytes:
         if len(body) > self.options.max_message_bytes:
             raise ProtocolError(
-                f"message of {len(body)} bytes exceeds max_message_bytes={self.options.max_message_bytes}"
+                f"message of {len(body)} bytes exceeds "
+                f"max_message_bytes={self.options.max_message_bytes}"
             )
         return body
 
@@ -397,7 +414,9 @@ class TcpContext(Context):
     __slots__ = ("_conn", "_serializer")
     transport_name = "tcp"
 
-    def __init__(self, pattern: Any, data: Any, id: Any, conn: _Connection, serializer: Serializer) -> None:
+    def __init__(
+        self, pattern: Any, data: Any, id: Any, conn: _Connection, serializer: Serializer
+    ) -> None:
         super().__init__(pattern, data, id)
         self._conn = conn
         self._serializer = serializer
@@ -505,7 +524,9 @@ class TcpServerTransport:
                 reuse_address=True,
             )
         except OSError as exc:
-            raise TransportError(f"cannot listen on {self.options.host}:{self.options.port}: {exc}") from exc
+            raise TransportError(
+                f"cannot listen on {self.options.host}:{self.options.port}: {exc}"
+            ) from exc
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -63,7 +63,7 @@ def _answers(url: str, timeout: float = 1.0) -> bool:
 
 def _docker_available() -> bool:
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
 
         docker.from_env().ping()
         return True
@@ -76,6 +76,7 @@ def _start_container(name: str) -> str:  # pragma: no cover - needs a Docker eng
 
     broker = BROKERS[name]
     ports = {"redis": 6379, "nats": 4222, "rabbitmq": 5672, "kafka": 9092}
+    assert broker.image is not None
     container = DockerContainer(broker.image).with_exposed_ports(ports[name])
     if name == "nats":
         container = container.with_command("-js")
@@ -98,5 +99,8 @@ def broker_url(name: str) -> str:
     if _docker_available():
         _started[name] = _start_container(name)
         return _started[name]
-    require(f"{name} broker unavailable at {redact_url(url)} (set {broker.env}) and no Docker engine to start one")
+    require(
+        f"{name} broker unavailable at {redact_url(url)} (set {broker.env}) "
+        "and no Docker engine to start one"
+    )
     raise AssertionError("unreachable")

@@ -85,7 +85,10 @@ class Conformance:
         return client
 
     async def eventually(
-        self, probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], timeout: float = 10.0
+        self,
+        probe: Callable[[], Awaitable[Any]],
+        check: Callable[[Any], bool],
+        timeout: float = 10.0,
     ) -> Any:
         """Poll ``probe`` until ``check`` holds on its result; return the last result."""
         loop = asyncio.get_running_loop()
