@@ -1,0 +1,8 @@
+"""Shared fixtures of the integration tests: the NestJS harness on sys.path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent / "nest"))

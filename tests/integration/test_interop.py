@@ -1,0 +1,141 @@
+"""NestJS interop, both directions, on every transport: real @nestjs/microservices 12.
+
+(1) a polybus client calls a NestJS microservice; (2) a NestJS ClientProxy calls a
+polybus microservice. Each checks a sum with an object pattern (a dotted string on
+Kafka), a streamed reply, an ``RpcException`` object and an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import harness  # tests/integration/nest/harness.py
+import pytest
+
+from polybus import Microservice, RpcError, RpcException, create_client
+from polybus.testing.brokers import broker_url, require
+
+pytestmark = pytest.mark.interop
+
+
+@dataclass(frozen=True)
+class Side:
+    """How one transport is configured for both sides, from a prefix."""
+
+    nest: str
+    url: Callable[[str], str]
+    env: Callable[[str, str], dict[str, str]]
+    string_patterns: bool = False
+
+    def patterns(self, prefix: str) -> dict[str, Any]:
+        if self.string_patterns:
+            return {n: f"{prefix}.{n}" for n in ("sum", "stream", "fail", "order_placed")}
+        return {
+            "sum": {"cmd": f"{prefix}sum"},
+            "stream": f"{prefix}stream",
+            "fail": f"{prefix}fail",
+            "order_placed": f"{prefix}order_placed",
+        }
+
+
+def _tcp_url(prefix: str) -> str:
+    return f"tcp://127.0.0.1:{harness.free_tcp_port()}"
+
+
+def _tcp_env(url: str, prefix: str) -> dict[str, str]:
+    return {"NEST_HOST": "127.0.0.1", "NEST_PORT": str(urlsplit(url).port)}
+
+
+def _amqp_url(prefix: str) -> str:
+    return broker_url("rabbitmq").rstrip("/") + f"/?queue={prefix}queue"
+
+
+def _amqp_env(url: str, prefix: str) -> dict[str, str]:
+    base = url.split("?", 1)[0].rstrip("/")
+    return {"NEST_URL": base, "NEST_QUEUE": f"{prefix}queue"}
+
+
+def _kafka_env(url: str, prefix: str) -> dict[str, str]:
+    return {"NEST_BROKERS": urlsplit(url).netloc}
+
+
+SIDES = {
+    "tcp": Side("TCP", _tcp_url, _tcp_env),
+    "redis": Side("REDIS", lambda p: broker_url("redis"), lambda u, p: {"NEST_URL": u}),
+    "nats": Side("NATS", lambda p: broker_url("nats"), lambda u, p: {"NEST_URL": u}),
+    "rabbitmq": Side("RMQ", _amqp_url, _amqp_env),
+    "kafka": Side("KAFKA", lambda p: broker_url("kafka"), _kafka_env, string_patterns=True),
+}
+
+
+@pytest.fixture(params=list(SIDES))
+def side(request: pytest.FixtureRequest) -> Side:
+    reason = harness.node_available()
+    if reason:
+        require(f"NestJS interop: {reason}")
+    return SIDES[request.param]
+
+
+def _as_number(value: Any) -> float:
+    return float(value)  # Kafka carries numbers as strings (NestJS's KafkaParser)
+
+
+async def test_polybus_client_calls_nestjs_server(side: Side) -> None:
+    prefix = harness.unique_prefix().rstrip("_") if side.string_patterns else harness.unique_prefix()
+    url = side.url(prefix)
+    patterns = side.patterns(prefix)
+    env = {"NEST_PREFIX": prefix, **side.env(url, prefix)}
+    async with harness.start_nest_server(side.nest, env) as nest:
+        async with create_client(url, timeout=30) as client:
+            assert _as_number(await client.send(patterns["sum"], [1, 2, 3, 4])) == 10
+            items = [item async for item in client.send(patterns["stream"], {})]
+            assert [_as_number(i) for i in items if i is not None] == [1, 2, 3]
+            with pytest.raises(RpcError) as info:
+                await client.send(patterns["fail"], {})
+            assert info.value.error == {"code": "E_TEST", "message": "boom"}
+            await client.emit(patterns["order_placed"], {"orderId": "ord_42", "amount": 1999})
+            events = await nest.wait_for_events(1, timeout=30)
+    assert events[0]["data"] == {"orderId": "ord_42", "amount": 1999}
+
+
+async def test_nestjs_client_calls_polybus_server(side: Side) -> None:
+    prefix = harness.unique_prefix().rstrip("_") if side.string_patterns else harness.unique_prefix()
+    url = side.url(prefix)
+    patterns = side.patterns(prefix)
+    app = Microservice(url)
+    received: list[Any] = []
+
+    @app.message_pattern(patterns["sum"])
+    def total(numbers: list[float]) -> float:
+        return sum(numbers)
+
+    @app.message_pattern(patterns["stream"])
+    async def stream(_: Any) -> AsyncIterator[int]:
+        for i in (1, 2, 3):
+            await asyncio.sleep(0.005)
+            yield i
+
+    @app.message_pattern(patterns["fail"])
+    def fail(_: Any) -> None:
+        raise RpcException({"code": "E_TEST", "message": "boom"})
+
+    @app.event_pattern(patterns["order_placed"])
+    def placed(data: Any) -> None:
+        received.append(data)
+
+    env = {"NEST_PREFIX": prefix, **side.env(url, prefix)}
+    async with app:
+        result = await harness.run_nest_client(side.nest, env, timeout=90)
+        for _ in range(200):
+            if received:
+                break
+            await asyncio.sleep(0.05)
+    assert _as_number(result["sum"]) == 10
+    assert [_as_number(i) for i in result["stream"] if i is not None] == [1, 2, 3]
+    assert result["fail"] == {"code": "E_TEST", "message": "boom"}
+    assert result["emitted"] is True
+    assert received == [{"orderId": "ord_42", "amount": 1999}]
