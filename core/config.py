@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from .abc import ClientTransport, ServerTransport
+from .abc import ClientTransport, Features, ServerTransport
 from .errors import ConfigError
 from .serializers import Serializer, resolve_serializer
 
@@ -27,6 +27,7 @@ __all__ = [
     "TransportPlugin",
     "create_client_transport",
     "create_server_transport",
+    "features_of",
     "redact_url",
     "register_transport",
     "resolve_target",
@@ -221,6 +222,13 @@ def _from_dict(
     if url:
         base = base.with_overrides(options)
     return plugin, base.with_overrides(overrides)
+
+
+def features_of(target: Any) -> Features:
+    """The declared features of the transport a URL or dict selects."""
+    plugin, _ = resolve_target(target, {})
+    features: Features = plugin.client.features
+    return features
 
 
 def _split_common(overrides: dict[str, Any]) -> Serializer:

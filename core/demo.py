@@ -14,10 +14,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
+from .config import features_of
 from .errors import ConfigError
 from .registry import create_client
 from .server import Microservice
-from .testing.harness import features_of
 
 __all__ = ["DEFAULT_URL", "run_demo"]
 

@@ -9,22 +9,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..abc import Features, SupportsCleanup
+from ..abc import SupportsCleanup
 from ..client import ClientProxy
-from ..config import resolve_target
+from ..config import features_of
 from ..registry import create_client
 from ..server import Microservice
 from .app import DEFAULT_PREFIX, Routes, build_app
 
-__all__ = ["Conformance", "features_of"]
+__all__ = ["Conformance"]
 
 CASE_TIMEOUT = 90.0
-
-
-def features_of(url: str) -> Features:
-    plugin, _ = resolve_target(url, {})
-    features: Features = plugin.client.features
-    return features
 
 
 class Conformance:
