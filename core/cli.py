@@ -146,3 +146,7 @@ def conformance(url: str, external: bool, keyword: str | None) -> None:
         f"\n{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
     )
     sys.exit(int(code))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

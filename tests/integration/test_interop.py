@@ -31,6 +31,10 @@ class Side:
     env: Callable[[str, str], dict[str, str]]
     string_patterns: bool = False
 
+    def prefix(self) -> str:
+        prefix = harness.unique_prefix()
+        return prefix.rstrip("_") if self.string_patterns else prefix
+
     def patterns(self, prefix: str) -> dict[str, Any]:
         if self.string_patterns:
             return {n: f"{prefix}.{n}" for n in ("sum", "stream", "fail", "order_placed")}
@@ -85,25 +89,27 @@ def _as_number(value: Any) -> float:
 
 
 async def test_polybus_client_calls_nestjs_server(side: Side) -> None:
-    prefix = harness.unique_prefix().rstrip("_") if side.string_patterns else harness.unique_prefix()
+    prefix = side.prefix()
     url = side.url(prefix)
     patterns = side.patterns(prefix)
     env = {"NEST_PREFIX": prefix, **side.env(url, prefix)}
-    async with harness.start_nest_server(side.nest, env) as nest:
-        async with create_client(url, timeout=30) as client:
-            assert _as_number(await client.send(patterns["sum"], [1, 2, 3, 4])) == 10
-            items = [item async for item in client.send(patterns["stream"], {})]
-            assert [_as_number(i) for i in items if i is not None] == [1, 2, 3]
-            with pytest.raises(RpcError) as info:
-                await client.send(patterns["fail"], {})
-            assert info.value.error == {"code": "E_TEST", "message": "boom"}
-            await client.emit(patterns["order_placed"], {"orderId": "ord_42", "amount": 1999})
-            events = await nest.wait_for_events(1, timeout=30)
+    async with (
+        harness.start_nest_server(side.nest, env) as nest,
+        create_client(url, timeout=30) as client,
+    ):
+        assert _as_number(await client.send(patterns["sum"], [1, 2, 3, 4])) == 10
+        items = [item async for item in client.send(patterns["stream"], {})]
+        assert [_as_number(i) for i in items if i is not None] == [1, 2, 3]
+        with pytest.raises(RpcError) as info:
+            await client.send(patterns["fail"], {})
+        assert info.value.error == {"code": "E_TEST", "message": "boom"}
+        await client.emit(patterns["order_placed"], {"orderId": "ord_42", "amount": 1999})
+        events = await nest.wait_for_events(1, timeout=30)
     assert events[0]["data"] == {"orderId": "ord_42", "amount": 1999}
 
 
 async def test_nestjs_client_calls_polybus_server(side: Side) -> None:
-    prefix = harness.unique_prefix().rstrip("_") if side.string_patterns else harness.unique_prefix()
+    prefix = side.prefix()
     url = side.url(prefix)
     patterns = side.patterns(prefix)
     app = Microservice(url)
