@@ -1,0 +1,562 @@
+"""RabbitMQ transport: options, the NestJS wire format seen from a raw AMQP peer, acks,
+reconnection. Needs a broker ($POLYBUS_AMQP_URL, default amqp://guest:guest@127.0.0.1:5672/)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from polybus import (
+    ConfigError,
+    Context,
+    Microservice,
+    ProtocolError,
+    Record,
+    RpcError,
+    TransportError,
+    create_client,
+)
+from polybus.testing.brokers import broker_url
+from polybus.transports.rabbitmq import (
+    DEADLINE_HEADER,
+    RmqClientTransport,
+    RmqContext,
+    RmqOptions,
+    RmqServerTransport,
+)
+
+aio_pika = pytest.importorskip("aio_pika")
+
+pytestmark = pytest.mark.broker("rabbitmq")
+
+
+# -- fixtures and helpers -----------------------------------------------------------------
+
+
+@pytest.fixture
+def amqp() -> str:
+    return broker_url("rabbitmq")
+
+
+@pytest.fixture
+async def queue(amqp: str) -> AsyncIterator[str]:
+    """A unique queue name; the queue is deleted after the test."""
+    name = f"pbtest-{uuid.uuid4().hex[:12]}"
+    yield name
+    connection = await aio_pika.connect(amqp)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+    finally:
+        await connection.close()
+
+
+def with_queue(amqp: str, queue: str, **query: Any) -> str:
+    base = amqp.split("?", 1)[0]
+    extra = "".join(f"&{k}={v}" for k, v in query.items())
+    return f"{base}?queue={queue}{extra}"
+
+
+@contextlib.asynccontextmanager
+async def raw_channel(amqp: str) -> AsyncIterator[Any]:
+    connection = await aio_pika.connect(amqp)
+    try:
+        yield await connection.channel(publisher_confirms=False)
+    finally:
+        await connection.close()
+
+
+async def declare(channel: Any, queue: str) -> Any:
+    """The declaration NestJS (amqplib) makes for its queue."""
+    return await channel.declare_queue(queue, durable=True, exclusive=False, auto_delete=False)
+
+
+async def ready_count(amqp: str, queue: str) -> int:
+    async with raw_channel(amqp) as channel:
+        declared = await channel.declare_queue(queue, passive=True)
+        count: int = declared.declaration_result.message_count
+        return count
+
+
+async def wait_for(check: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def echo_app(url: str, **options: Any) -> Microservice:
+    app = Microservice(url, **options)
+
+    @app.message_pattern("echo")
+    def echo(data: Any) -> Any:
+        return data
+
+    @app.message_pattern({"cmd": "sum"})
+    def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    @app.message_pattern("slow")
+    async def slow(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    return app
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+def test_options_from_url() -> None:
+    options = RmqOptions.from_url(
+        "amqps://user:s3cret@rabbit.example:5671/prod?queue=orders&prefetchCount=7"
+        "&no_ack=false&persistent=1&ca=/ca.pem&certfile=/c.pem&key=/k.pem&heartbeat=10"
+    )
+    assert options.urls == ["amqps://user:s3cret@rabbit.example:5671/prod"]
+    assert options.queue == "orders"
+    assert options.prefetch_count == 7
+    assert options.no_ack is False and options.persistent is True
+    assert (options.ca_file, options.cert_file, options.key_file) == ("/ca.pem", "/c.pem", "/k.pem")
+    assert options.heartbeat == 10
+    assert "s3cret" not in repr(options)
+    transport = RmqClientTransport(options, _json())
+    assert "s3cret" not in repr(transport) and "***" in repr(transport)
+
+
+def test_options_from_url_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError):
+        RmqOptions.from_url("amqp://localhost/?queue=q&prefetch_count=lots")
+    with pytest.raises(ConfigError):
+        RmqOptions.from_url("amqp://localhost/?queue=q&no_ack=maybe")
+    with pytest.raises(ConfigError):
+        RmqOptions.from_url("amqp://localhost/?queue=q&bogus=1")
+    with pytest.raises(ConfigError):  # a queue is required in practice
+        RmqServerTransport(RmqOptions.from_url("amqp://localhost/"), _json())
+
+
+def test_options_from_nest() -> None:
+    options = RmqOptions.from_nest(
+        {
+            "urls": ["amqp://guest:guest@127.0.0.1:5672"],
+            "queue": "svc",
+            "queueOptions": {"durable": False, "maxPriority": 10, "arguments": {"x-a": 1}},
+            "noAck": False,
+            "prefetchCount": 3,
+            "isGlobalPrefetchCount": True,
+            "headers": {"x-app": "billing"},
+            "socketOptions": {"heartbeatIntervalInSeconds": 2},
+        }
+    )
+    assert options.queue == "svc" and options.no_ack is False and options.prefetch_count == 3
+    assert options.is_global_prefetch_count and options.heartbeat == 2
+    assert options.headers == {"x-app": "billing"}
+    assert options.declare_arguments() == (False, False, False, {"x-a": 1, "x-max-priority": 10})
+    assert RmqOptions(queue="q").declare_arguments() == (True, False, False, None)
+    with pytest.raises(ConfigError):
+        RmqOptions.from_nest({"queue": "q", "exchange": "ex", "wildcards": True})
+    with pytest.raises(ConfigError):
+        RmqServerTransport(RmqOptions(queue="q", queue_options={"nope": 1}), _json())
+
+
+def test_tls_options_build_a_context(tmp_path: Any) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    ca_file, cert_file = tmp_path / "ca.pem", tmp_path / "cert.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    options = RmqOptions.from_url(
+        f"amqps://localhost/?queue=q&ca_file={ca_file}&cert_file={cert_file}"
+    )
+    context = options.client_ssl()
+    assert context is not None
+    assert RmqOptions.from_url("amqps://localhost/?queue=q").client_ssl() is None  # system CAs
+
+
+def _json() -> Any:
+    from polybus.serializers import JsonSerializer
+
+    return JsonSerializer()
+
+
+# -- wire format against a raw AMQP peer --------------------------------------------------
+
+
+async def test_request_and_event_as_nestjs_sends_them(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue)
+    async with raw_channel(amqp) as channel:
+        service = await declare(channel, queue)
+        async with create_client(url, headers={"x-app": "polybus"}) as client:
+            call = asyncio.ensure_future(client.send({"cmd": "sum"}, [1, 2], timeout=10))
+            request = await _next(service)
+            body = orjson.loads(request.body)
+            assert body == {"pattern": {"cmd": "sum"}, "data": [1, 2], "id": body["id"]}
+            assert request.correlation_id == body["id"]
+            assert request.reply_to.startswith("amq.rabbitmq.reply-to")
+            assert request.delivery_mode == 1
+            assert request.headers["x-app"] == "polybus"
+            assert float(request.headers[DEADLINE_HEADER]) > time.time()
+            # answer like a NestJS server: no id in the body, correlation by property
+            await channel.default_exchange.publish(
+                aio_pika.Message(b'{"response":3,"isDisposed":true}', correlation_id=body["id"]),
+                routing_key=request.reply_to,
+                mandatory=False,
+            )
+            assert await call == 3
+
+            await client.emit("order_placed", {"n": 1})
+            event = await _next(service)
+            assert orjson.loads(event.body) == {"pattern": "order_placed", "data": {"n": 1}}
+            assert event.correlation_id is None and event.reply_to is None
+            assert event.delivery_mode == 1
+
+            record = Record({"n": 2}, headers={"x-app": "override", "k": "v"}, priority=4,
+                            persistent=True, expiration_ms=60000)  # fmt: skip
+            await client.emit("order_placed", record)
+            event = await _next(service)
+            assert orjson.loads(event.body)["data"] == {"n": 2}
+            assert event.headers == {"x-app": "override", "k": "v"}
+            assert event.priority == 4 and event.delivery_mode == 2
+            assert event.expiration is not None
+
+
+async def _next(queue: Any, timeout: float = 5.0) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            return message
+        await asyncio.sleep(0.02)
+    raise AssertionError("no message arrived")
+
+
+async def test_replies_as_nestjs_sends_them(amqp: str, queue: str) -> None:
+    app = echo_app(with_queue(amqp, queue))
+
+    @app.message_pattern("stream")
+    async def stream(_: Any) -> AsyncIterator[int]:
+        for i in (1, 2):
+            yield i
+
+    async with app, raw_channel(amqp) as channel:
+        replies: asyncio.Queue[Any] = asyncio.Queue()
+        direct = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
+        await direct.consume(replies.put, no_ack=True)
+
+        async def call(pattern: Any, data: Any, rid: str) -> None:
+            body = orjson.dumps({"pattern": pattern, "data": data, "id": rid})
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, correlation_id=rid, reply_to="amq.rabbitmq.reply-to"),
+                routing_key=queue,
+                mandatory=False,
+            )
+
+        await call({"cmd": "sum"}, [1, 2, 3], "r1")
+        reply = await asyncio.wait_for(replies.get(), 5)
+        assert reply.correlation_id == "r1"
+        assert orjson.loads(reply.body) == {"response": 6, "isDisposed": True}  # no id
+
+        await call("stream", None, "r2")
+        bodies = [orjson.loads((await asyncio.wait_for(replies.get(), 5)).body) for _ in range(2)]
+        assert bodies == [{"response": 1}, {"response": 2, "isDisposed": True}]
+
+        await call("missing", None, "r3")
+        reply = await asyncio.wait_for(replies.get(), 5)
+        assert reply.correlation_id == "r3"
+        assert orjson.loads(reply.body) == {
+            "id": "r3",
+            "status": "error",
+            "err": "There is no matching message handler defined in the remote service.",
+        }
+
+
+async def test_queue_is_declared_as_nestjs_declares_it(amqp: str, queue: str) -> None:
+    async with echo_app(with_queue(amqp, queue)):
+        async with raw_channel(amqp) as channel:
+            await declare(channel, queue)  # same flags: no PRECONDITION_FAILED
+        async with raw_channel(amqp) as channel:
+            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+                await channel.declare_queue(queue, durable=False)
+
+
+async def test_no_assert_uses_an_existing_queue(amqp: str, queue: str) -> None:
+    async with raw_channel(amqp) as channel:
+        await channel.declare_queue(queue, durable=True, arguments={"x-max-priority": 5})
+    url = with_queue(amqp, queue, no_assert="true")
+    async with echo_app(url), create_client(url) as client:
+        assert await client.send("echo", "hi") == "hi"
+    # declaring with matching queue options works too
+    options = {"queue_options": {"max_priority": 5}}
+    url = with_queue(amqp, queue)
+    async with echo_app(url, **options), create_client(url, **options) as client:
+        assert await client.send("echo", 1) == 1
+
+
+async def test_context_exposes_the_amqp_message(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue)
+    app = Microservice(url)
+    seen: dict[str, Any] = {}
+
+    @app.message_pattern("inspect")
+    def inspect(_: Any, ctx: Context) -> str:
+        assert isinstance(ctx, RmqContext)
+        seen.update(
+            headers=ctx.headers,
+            deadline=ctx.deadline,
+            priority=ctx.message.priority,
+            routing_key=ctx.message.routing_key,
+            channel=ctx.channel,
+            reply_to=ctx.reply_to,
+        )
+        return "ok"
+
+    async with app, create_client(url) as client:
+        reply = await client.send("inspect", Record(None, headers={"h": "é"}, priority=2))
+        assert reply == "ok"
+    assert seen["headers"]["h"] == "é"
+    assert seen["deadline"] == pytest.approx(time.time() + 30, abs=5)
+    assert seen["priority"] == 2 and seen["routing_key"] == queue
+    assert seen["channel"] is not None and seen["reply_to"].startswith("amq.rabbitmq.reply-to")
+
+
+async def test_malformed_messages_are_dropped_and_the_server_keeps_serving(
+    amqp: str, queue: str
+) -> None:
+    url = with_queue(amqp, queue)
+    async with echo_app(url), raw_channel(amqp) as channel:
+        for body in (b"not json", b"[1,2]", b'{"data": 1}'):
+            await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
+        async with create_client(url) as client:
+            assert await client.send("echo", "still here") == "still here"
+
+
+async def test_max_message_bytes(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue)
+    app = echo_app(url, max_message_bytes=1000)
+
+    @app.message_pattern("grow")
+    def grow(data: str) -> str:
+        return data * 4
+
+    async with app:
+        async with create_client(url, max_message_bytes=100) as client:
+            with pytest.raises(ProtocolError):
+                await client.send("echo", "x" * 200)
+            assert client.pending_count == 0
+        async with create_client(url) as client:
+            with pytest.raises(RpcError):  # the reply would be too big: an error reply instead
+                await client.send("grow", "x" * 500)
+            assert await client.send("echo", "small") == "small"
+
+
+# -- acknowledgements ---------------------------------------------------------------------
+
+
+async def test_manual_ack_settles_each_message_once(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue, no_ack="false", prefetch_count=10)
+    app = Microservice(url)
+    calls: list[str] = []
+
+    @app.event_pattern("ok")
+    def ok(data: Any) -> None:
+        calls.append("ok")
+
+    @app.event_pattern("boom")
+    def boom(data: Any) -> None:
+        calls.append("boom")
+        raise ValueError("handler failed")
+
+    @app.event_pattern("self_ack")
+    async def self_ack(data: Any, ctx: RmqContext) -> None:
+        calls.append("self_ack")
+        await ctx.ack()  # the automatic ack must not ack it again
+
+    @app.message_pattern("echo")
+    def echo(data: Any) -> Any:
+        return data
+
+    async with app, create_client(url) as client:
+        for pattern in ("ok", "boom", "self_ack", "unknown", "ok", "self_ack"):
+            await client.emit(pattern, {})
+        await wait_for(lambda: len(calls) == 5)
+        # a double ack would have closed the channel; the server still answers
+        assert await client.send("echo", "alive") == "alive"
+    # after the server is gone, nothing went back to the queue (no requeue, nothing unacked)
+    assert await ready_count(amqp, queue) == 0
+    assert sorted(calls) == ["boom", "ok", "ok", "self_ack", "self_ack"]
+
+
+async def test_accepted_events_survive_a_server_crash(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue, no_ack="false")
+    started = asyncio.Event()
+    done: list[Any] = []
+
+    def build(block: bool) -> Microservice:
+        app = Microservice(url)
+
+        @app.event_pattern("work")
+        async def work(data: Any) -> None:
+            started.set()
+            if block:
+                await asyncio.sleep(60)
+            done.append(data)
+
+        return app
+
+    crashing = build(block=True)
+    async with create_client(url) as client:
+        await crashing.listen()
+        await client.emit("work", {"job": 1})
+        await asyncio.wait_for(started.wait(), 5)
+        await crashing.close(grace=0)  # the handler never finished: nothing was settled
+    assert await ready_count(amqp, queue) == 1  # the broker requeued it
+    async with build(block=False):
+        await wait_for(lambda: done == [{"job": 1}])
+
+
+# -- topology -----------------------------------------------------------------------------
+
+
+async def test_competing_servers_share_the_queue(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue)
+    seen: list[str] = []
+
+    def build(name: str) -> Microservice:
+        app = Microservice(url)
+
+        @app.message_pattern("who")
+        async def who(_: Any) -> str:
+            seen.append(name)
+            await asyncio.sleep(0.01)
+            return name
+
+        return app
+
+    apps = [build("a"), build("b")]
+    async with apps[0], apps[1], create_client(url) as client:
+        replies = await asyncio.gather(*(client.send("who", None) for _ in range(40)))
+    assert len(seen) == 40 and set(replies) == {"a", "b"}
+
+
+async def test_delete_resources_removes_the_queue(amqp: str) -> None:
+    name = f"pbtest-{uuid.uuid4().hex[:12]}"
+    app = echo_app(with_queue(amqp, name))
+    await app.listen()
+    await app.close()
+    assert isinstance(app.transport, RmqServerTransport)
+    await app.transport.delete_resources()
+    async with raw_channel(amqp) as channel:
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await channel.declare_queue(name, passive=True)
+
+
+async def test_connect_failure_is_a_transport_error(queue: str) -> None:
+    client = create_client(f"amqp://guest:guest@127.0.0.1:1/?queue={queue}&connect_timeout=2")
+    with pytest.raises(TransportError):
+        await client.connect()
+    await client.close()
+
+
+# -- reconnection -------------------------------------------------------------------------
+
+
+def _close_connections(name: str) -> int:
+    """Make the broker close the connections whose connection_name is ``name``."""
+    import subprocess
+
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    closed = 0
+    for line in listing.stdout.splitlines():
+        if f'{{"connection_name","{name}"}}' in line:
+            pid = line.split("\t", 1)[0]
+            subprocess.run(
+                ["rabbitmqctl", "close_connection", pid, "polybus test"],
+                capture_output=True,
+                timeout=30,
+            )
+            closed += 1
+    return closed
+
+
+needs_rabbitmqctl = pytest.mark.skipif(
+    shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is not on this machine"
+)
+
+
+@needs_rabbitmqctl
+async def test_client_connection_drop_fails_pending_and_recovers(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue)
+    name = f"pbtest-client-{uuid.uuid4().hex[:8]}"
+    async with echo_app(url):
+        client = create_client(url, connection_name=name, reconnect_interval=0.2)
+        statuses: list[str] = []
+        client.watch_status(lambda status: statuses.append(status.value))
+        async with client:
+            assert await client.send("echo", 1) == 1
+            pending = asyncio.ensure_future(client.send("slow", 4, timeout=30))
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            assert await asyncio.to_thread(_close_connections, name) == 1
+            with pytest.raises(TransportError):
+                await asyncio.wait_for(pending, 5)
+            assert time.monotonic() - started < 5
+            assert await client.send("echo", 2, timeout=10) == 2  # reconnected, reply-to restored
+            assert "reconnecting" in statuses and statuses[-1] == "connected"
+
+
+@needs_rabbitmqctl
+async def test_server_connection_drop_recovers_the_consumer(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue)
+    name = f"pbtest-server-{uuid.uuid4().hex[:8]}"
+    server = echo_app(url, connection_name=name, reconnect_interval=0.2)
+    async with server, create_client(url) as client:
+        assert await client.send("echo", 1) == 1
+        assert await asyncio.to_thread(_close_connections, name) == 1
+        assert await client.send("echo", 2, timeout=15) == 2  # queued until it is back
+
+
+async def test_channel_error_fails_pending_and_the_channel_is_reopened(
+    amqp: str, queue: str
+) -> None:
+    url = with_queue(amqp, queue)
+    async with echo_app(url), create_client(url) as client:
+        assert await client.send("echo", 1) == 1
+        pending = asyncio.ensure_future(client.send("slow", 1.5, timeout=30))
+        await asyncio.sleep(0.2)
+        transport = client.transport
+        assert isinstance(transport, RmqClientTransport) and transport._link is not None
+        # acking an unknown delivery tag is a channel error: the broker closes the channel
+        await transport._link.raw.basic_ack(987654)
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(pending, 5)
+        assert await client.send("echo", 2, timeout=10) == 2  # new channel, reply-to restored
+        assert client.status.value == "connected"
+
+
+async def test_publisher_confirms(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue, publisher_confirms="true")
+    received: list[Any] = []
+    app = echo_app(url)
+
+    @app.event_pattern("evt")
+    def evt(data: Any) -> None:
+        received.append(data)
+
+    async with app, create_client(url) as client:
+        assert await asyncio.gather(*(client.send("echo", i) for i in range(50))) == list(range(50))
+        await client.emit("evt", {"n": 1})
+        await wait_for(lambda: received == [{"n": 1}])
