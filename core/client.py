@@ -204,10 +204,12 @@ class ClientProxy:
             pending.fail(exc)
 
     def on_connection_lost(self, exc: BaseException) -> None:
-        error = (
-            exc if isinstance(exc, TransportError) else TransportError(f"connection lost: {exc}")
-        )
+        # One exception object per request: a shared one would grow its traceback each
+        # time a waiting caller re-raises it.
+        message = str(exc) if isinstance(exc, TransportError) else f"connection lost: {exc}"
         for pending in list(self._pending.values()):
+            error = TransportError(message)
+            error.__cause__ = exc
             pending.fail(error)
 
     def on_status(self, status: ConnectionStatus) -> None:
@@ -254,9 +256,8 @@ class ClientProxy:
         if self._closed:
             return
         self._closed = True
-        error = TransportError("client closed while the request was pending")
         for pending in list(self._pending.values()):
-            pending.fail(error)
+            pending.fail(TransportError("client closed while the request was pending"))
         was_connected = self._connected
         self._connected = False
         if was_connected or self._connecting is not None:
