@@ -82,9 +82,9 @@ FEATURES = Features(
     headers=True,
     restart_command=("sh", "-c", _RESTART),
     notes={
-        "payload_fidelity": "its 1 MiB sample exceeds the NATS server's default max_payload "
-        "(1 MiB including the envelope); tests/integration/test_nats.py checks fidelity "
-        "up to that limit",
+        "payload_1mib": "a 1 MiB payload plus its envelope exceeds the NATS server's default "
+        "max_payload (1 MiB, raised only in the server's config file); "
+        "tests/integration/test_nats.py checks fidelity up to that limit",
     },
 )
 
