@@ -7,7 +7,9 @@ Envelope helpers here are shared by every transport that carries NestJS's JSON e
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any, Final
@@ -16,6 +18,7 @@ from .errors import NO_HANDLER_MESSAGE, ProtocolError
 from .serializers import Serializer
 
 __all__ = [
+    "DEADLINE_HEADER",
     "MISSING",
     "Event",
     "Record",
@@ -27,6 +30,7 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "new_id_factory",
+    "parse_deadline",
     "reply_envelope",
 ]
 
@@ -44,6 +48,9 @@ class _Missing:
 
 
 MISSING: Final = _Missing()
+
+DEADLINE_HEADER: Final = "x-polybus-deadline"
+"""Header (or NestJS v12 ``metadata`` key) carrying the caller's deadline: epoch seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +126,53 @@ def new_id_factory() -> Any:
     return lambda: f"{prefix}{next(counter):x}"
 
 
-def encode_request(serializer: Serializer, request: Request) -> bytes:
-    return serializer.dumps({"pattern": request.pattern, "data": request.data, "id": request.id})
+def encode_request(serializer: Serializer, request: Request, *, metadata: bool = False) -> bytes:
+    """The request envelope. With ``metadata``, its headers and deadline ride in NestJS
+    v12's ``metadata`` object (PROTOCOL.md §1.1), which Nest servers accept and ignore or
+    expose (``TcpContext.getMetadata()``); for transports without message headers."""
+    packet: dict[str, Any] = {"pattern": request.pattern, "data": request.data, "id": request.id}
+    if metadata:
+        meta = _metadata(request.headers, request.deadline)
+        if meta:
+            packet["metadata"] = meta
+    return serializer.dumps(packet)
 
 
-def encode_event(serializer: Serializer, event: Event, *, pattern_as_route: bool = False) -> bytes:
+def encode_event(
+    serializer: Serializer,
+    event: Event,
+    *,
+    pattern_as_route: bool = False,
+    metadata: bool = False,
+) -> bytes:
     """Events carry the raw pattern, except on TCP where NestJS sends the route string."""
     pattern = event.route if pattern_as_route else event.pattern
-    return serializer.dumps({"pattern": pattern, "data": event.data})
+    packet: dict[str, Any] = {"pattern": pattern, "data": event.data}
+    if metadata and event.headers:
+        packet["metadata"] = dict(event.headers)
+    return serializer.dumps(packet)
+
+
+def _metadata(headers: dict[str, str] | None, deadline: float | None) -> dict[str, str] | None:
+    if deadline is None:
+        return dict(headers) if headers else None
+    meta = dict(headers) if headers else {}
+    meta[DEADLINE_HEADER] = f"{deadline:.3f}"
+    return meta
+
+
+def parse_deadline(headers: Mapping[str, Any] | None) -> float | None:
+    """The caller's deadline from headers or metadata; ``None`` when absent or malformed."""
+    if not headers:
+        return None
+    raw = headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    try:
+        deadline = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return deadline if math.isfinite(deadline) else None
 
 
 def reply_envelope(reply: Reply, *, with_id: bool = True) -> dict[str, Any]:
@@ -179,6 +225,15 @@ class Incoming:
     pattern: Any
     data: Any
     id: Any
+    metadata: dict[str, str] | None = None
+    """NestJS v12 ``metadata`` of the packet (string values only), when it had one."""
+
+
+def _read_metadata(value: dict[Any, Any]) -> dict[str, str] | None:
+    meta = value.get("metadata")
+    if not isinstance(meta, dict) or not meta:
+        return None
+    return {k: v for k, v in meta.items() if isinstance(k, str) and isinstance(v, str)} or None
 
 
 def decode_incoming(
@@ -198,8 +253,8 @@ def decode_incoming(
     if channel is not None:
         if "pattern" not in value and "data" not in value:
             return Incoming(channel, value, MISSING)
-        return Incoming(channel, value.get("data"), value.get("id", MISSING))
+        return Incoming(channel, value.get("data"), value.get("id", MISSING), _read_metadata(value))
     pattern = value.get("pattern")
     if pattern is None:
         raise ProtocolError("packet has no pattern")
-    return Incoming(pattern, value.get("data"), value.get("id", MISSING))
+    return Incoming(pattern, value.get("data"), value.get("id", MISSING), _read_metadata(value))

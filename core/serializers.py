@@ -86,6 +86,7 @@ class MsgpackSerializer:
             msgpack.StackError,
             ValueError,
             TypeError,
+            OverflowError,  # an int outside msgpack's 64-bit range
         )
 
     def dumps(self, obj: Any) -> bytes:

@@ -32,12 +32,13 @@ from polybus.packets import (
     encode_event,
     encode_reply,
     encode_request,
+    parse_deadline,
 )
 from polybus.serializers import Serializer
 
 __all__ = ["MemoryClientTransport", "MemoryContext", "MemoryOptions", "MemoryServerTransport"]
 
-FEATURES = Features(name="memory", unknown_pattern="error", competing_consumers=True)
+FEATURES = Features(name="memory", unknown_pattern="error", competing_consumers=True, headers=True)
 
 
 @dataclass
@@ -88,9 +89,14 @@ class MemoryContext(Context):
     transport_name = "memory"
 
     def __init__(
-        self, pattern: Any, data: Any, id: Any, client: MemoryClientTransport | None
+        self,
+        pattern: Any,
+        data: Any,
+        id: Any,
+        client: MemoryClientTransport | None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(pattern, data, id)
+        super().__init__(pattern, data, id, metadata, parse_deadline(metadata))
         self._client = client
 
     async def send_reply(self, reply: Reply) -> None:
@@ -125,14 +131,15 @@ class MemoryClientTransport:
 
     async def request(self, request: Request) -> Release:
         server = self._server()
-        body = _check_size(encode_request(self._serializer, request), self.options)
+        body = _check_size(encode_request(self._serializer, request, metadata=True), self.options)
         await server._deliver(body, self)
         return _noop
 
     async def publish_event(self, event: Event) -> None:
         server = self._server()
         body = _check_size(
-            encode_event(self._serializer, event, pattern_as_route=True), self.options
+            encode_event(self._serializer, event, pattern_as_route=True, metadata=True),
+            self.options,
         )
         await server._deliver(body, None)
 
@@ -172,7 +179,9 @@ class MemoryServerTransport:
         incoming = decode_incoming(self._serializer, body)
         if incoming.id is MISSING:
             client = None
-        await sink(MemoryContext(incoming.pattern, incoming.data, incoming.id, client))
+        await sink(
+            MemoryContext(incoming.pattern, incoming.data, incoming.id, client, incoming.metadata)
+        )
 
     def __repr__(self) -> str:
         return f"MemoryServerTransport(memory://{self.options.name})"

@@ -2,8 +2,11 @@
 
 Frames are ``<length>#<json>`` where ``length`` counts UTF-16 code units of the JSON text
 (JavaScript ``string.length``), PROTOCOL.md §2. One client connection multiplexes every
-request; replies are matched by ``id``. A corrupted frame closes only its connection.
-Writes made in one event-loop iteration leave in one ``write()`` (corking).
+request; replies are matched by ``id``. A corrupted frame or undecodable JSON closes only
+its connection (on the client, its pending requests fail with ``TransportError`` and the
+next call reconnects). Writes made in one event-loop iteration leave in one ``write()``
+(corking). Headers and the caller's deadline travel in NestJS v12's packet ``metadata``
+(``send_metadata``), which Nest servers accept and expose as ``TcpContext.getMetadata()``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from polybus.packets import (
     encode_event,
     encode_reply,
     encode_request,
+    parse_deadline,
 )
 from polybus.serializers import Serializer
 
@@ -52,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger("polybus.tcp")
 
-FEATURES = Features(name="tcp", unknown_pattern="error", text_only=True)
+FEATURES = Features(name="tcp", unknown_pattern="error", text_only=True, headers=True)
 
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _MAX_PREFIX_DIGITS = 12
@@ -163,6 +167,8 @@ class TcpOptions(TransportOptions):
     key_file: str | None = None
     server_hostname: str | None = None
     connect_timeout: float = 10.0
+    send_metadata: bool = True
+    """Client: send headers and the request deadline in the packet's ``metadata``."""
 
     @classmethod
     def from_url(cls, url: str) -> TcpOptions:
@@ -180,6 +186,9 @@ class TcpOptions(TransportOptions):
                 overrides[key] = _int(key, overrides[key])
         if "connect_timeout" in overrides:
             overrides["connect_timeout"] = float(overrides["connect_timeout"])
+        for key in ("send_metadata", "tls"):
+            if isinstance(overrides.get(key), str):
+                overrides[key] = _bool(key, overrides[key])
         return options.with_overrides(overrides)
 
     @classmethod
@@ -222,6 +231,15 @@ class TcpOptions(TransportOptions):
         return context
 
 
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"option {name} must be a boolean, got {value!r}")
+
+
 def _int(name: str, value: Any) -> int:
     try:
         return int(value)
@@ -243,6 +261,8 @@ class _Connection(asyncio.Protocol):
         self._paused: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.peer: Any = None
+        self.error: BaseException | None = None
+        """Why we aborted the connection (a ``ProtocolError``), if we did."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -252,12 +272,11 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             frames = self._decoder.feed(data)
+            if frames:
+                self._on_frames(frames)
         except ProtocolError as exc:
-            log.warning("closing connection from %s: %s", self.peer, exc)
+            log.warning("closing connection with %s: %s", self.peer, exc)
             self.abort(exc)
-            return
-        if frames:
-            self._on_frames(frames)
 
     def write(self, data: bytes) -> None:
         """Queue a frame; everything queued in this loop iteration leaves in one write."""
@@ -285,6 +304,8 @@ class _Connection(asyncio.Protocol):
             paused.set_result(None)
 
     def abort(self, exc: BaseException | None = None) -> None:
+        if exc is not None and self.error is None:
+            self.error = exc
         if self.transport is not None:
             self.transport.abort()
 
@@ -310,6 +331,7 @@ class TcpClientTransport:
         self._sink: ReplySink | None = None
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
+        self._lost_once = False
 
     async def connect(self, sink: ReplySink) -> None:
         self._sink = sink
@@ -344,40 +366,48 @@ class TcpClientTransport:
                 ) from exc
             self._conn = protocol
             protocol.closed.add_done_callback(lambda _: self._lost(protocol))
+            if self._lost_once and self._sink is not None:
+                self._sink.on_status(ConnectionStatus.CONNECTED)  # reconnected
             return protocol
 
     def _lost(self, conn: _Connection) -> None:
         if self._conn is conn:
             self._conn = None
+            self._lost_once = True
             if self._sink is not None:
+                reason = f": {conn.error}" if conn.error is not None else ""
+                error = TransportError(f"connection closed{reason}")
+                error.__cause__ = conn.error
                 self._sink.on_status(ConnectionStatus.DISCONNECTED)
-                self._sink.on_connection_lost(TransportError("connection closed"))
+                self._sink.on_connection_lost(error)
 
     def _on_frames(self, frames: list[bytes]) -> None:
+        """Replies to the sink; an undecodable one raises ``ProtocolError``, which closes
+        the connection (as NestJS does) so pending requests fail now, not at their timeout."""
         sink = self._sink
         if sink is None:
             return
         serializer = self._serializer
         for body in frames:
-            try:
-                reply = decode_reply(serializer, body)
-            except ProtocolError as exc:
-                log.warning("dropping undecodable reply: %s", exc)
-                continue
-            sink.on_reply(reply)
+            sink.on_reply(decode_reply(serializer, body))
 
     async def request(self, request: Request) -> Release:
         conn = self._conn or await self._ensure()
-        conn.write(frame(self._checked(encode_request(self._serializer, request))))
+        body = encode_request(self._serializer, request, metadata=self.options.send_metadata)
+        conn.write(frame(self._checked(body)))
         if conn._paused is not None:
             await conn.drain()
         return _noop
 
     async def publish_event(self, event: Event) -> None:
         conn = self._conn or await self._ensure()
-        conn.write(
-            frame(self._checked(encode_event(self._serializer, event, pattern_as_route=True)))
+        body = encode_event(
+            self._serializer,
+            event,
+            pattern_as_route=True,
+            metadata=self.options.send_metadata,
         )
+        conn.write(frame(self._checked(body)))
         await conn.drain()
 
     def _checked(self, body: bytes) -> bytes:
@@ -409,15 +439,25 @@ def _noop() -> None:
 
 
 class TcpContext(Context):
-    """Context of a TCP message: the connection it came on (``peer`` is its address)."""
+    """Context of a TCP message: the connection it came on (``peer`` is its address).
+
+    ``headers`` is the packet's NestJS ``metadata`` (``None`` without it); ``deadline``
+    comes from its ``x-polybus-deadline`` entry.
+    """
 
     __slots__ = ("_conn", "_serializer")
     transport_name = "tcp"
 
     def __init__(
-        self, pattern: Any, data: Any, id: Any, conn: _Connection, serializer: Serializer
+        self,
+        pattern: Any,
+        data: Any,
+        id: Any,
+        conn: _Connection,
+        serializer: Serializer,
+        metadata: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(pattern, data, id)
+        super().__init__(pattern, data, id, metadata, parse_deadline(metadata))
         self._conn = conn
         self._serializer = serializer
 
@@ -482,7 +522,16 @@ class _ServerConnection(_Connection):
             sink = server._sink
             if sink is None:
                 return
-            await sink(TcpContext(incoming.pattern, incoming.data, incoming.id, self, serializer))
+            await sink(
+                TcpContext(
+                    incoming.pattern,
+                    incoming.data,
+                    incoming.id,
+                    self,
+                    serializer,
+                    incoming.metadata,
+                )
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -1,0 +1,39 @@
+"""The shipped fault suite (polybus.testing.faults), run against every transport here.
+
+The cases marked ``faults`` restart the local brokers, cut connections and kill server
+processes. They run under ``CI=true``, with ``POLYBUS_FAULTS=1`` or ``-m faults``, and skip
+otherwise (the brokers on a developer machine are shared). Run only them with
+``pytest -m faults tests/integration/test_faults.py``; set ``POLYBUS_FAULT_REPORT=path``
+to collect the timings as JSON lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from polybus.testing.brokers import broker_url
+from polybus.testing.faults import *  # noqa: F403
+from polybus.testing.faults import BROKER_PORTS, broker_answers, ensure_brokers
+
+TRANSPORTS = {
+    "tcp": lambda: "tcp://127.0.0.1:0",
+    "redis": lambda: broker_url("redis"),
+    "nats": lambda: broker_url("nats"),
+    "rabbitmq": lambda: broker_url("rabbitmq"),
+    "kafka": lambda: broker_url("kafka"),
+}
+
+
+@pytest.fixture(params=list(TRANSPORTS))
+def polybus_url(request: pytest.FixtureRequest) -> str:
+    return TRANSPORTS[request.param]()
+
+
+@pytest.fixture(autouse=True)
+def brokers_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every case: each broker that answered before it must answer again."""
+    up_before = [name for name in BROKER_PORTS if broker_answers(name)]
+    yield
+    ensure_brokers(request.config.rootpath, up_before)
