@@ -25,20 +25,20 @@ import pytest
 from ..abc import ConnectionStatus
 from ..client import ClientProxy
 from ..errors import NoRespondersError, RequestTimeout, RpcError, TransportError
-from .harness import Conformance
+from .harness import NOT_APPLICABLE, Conformance
 
 __all__ = [name for name in dir() if name.startswith("test_")]
 
 
 def _skip_unless(condition: bool, reason: str) -> None:
     if not condition:
-        pytest.skip(reason)
+        pytest.skip(f"{NOT_APPLICABLE}{reason}")
 
 
 def _declared(c: Conformance, case: str) -> None:
     reason = c.features.notes.get(case)
     if reason:
-        pytest.skip(f"declared for {c.features.name}: {reason}")
+        pytest.skip(f"{NOT_APPLICABLE}declared for {c.features.name}: {reason}")
 
 
 # -- request-reply ------------------------------------------------------------------------

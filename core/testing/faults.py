@@ -64,7 +64,7 @@ from ..client import ClientProxy
 from ..config import create_server_transport
 from ..errors import PolybusError, RequestTimeout, TransportError
 from .brokers import in_ci
-from .harness import Conformance
+from .harness import NOT_APPLICABLE, Conformance
 
 __all__ = [
     "BROKER_PORTS",
@@ -543,7 +543,7 @@ class Faults(Conformance):
         """Run ``Features.restart_command`` and wait until the broker answers again."""
         command = self.features.restart_command
         if command is None:
-            pytest.skip(f"{self.name} declares no restart_command")
+            pytest.skip(f"{NOT_APPLICABLE}{self.name} declares no restart_command")
         started = time.monotonic()
         code, out = await run_command(list(command), cwd=self.root)
         if code != 0:
@@ -803,7 +803,7 @@ def test_expired_requests_are_skipped(faults: Faults) -> None:
     """A request still queued when its caller's timeout passes is never handled."""
     reason = faults.features.notes.get("deadline")
     if reason:
-        pytest.skip(f"declared for {faults.name}: {reason}")
+        pytest.skip(f"{NOT_APPLICABLE}declared for {faults.name}: {reason}")
 
     async def case(f: Faults) -> None:
         await f.server(max_concurrency=1)
@@ -828,7 +828,7 @@ def test_expired_requests_are_skipped(faults: Faults) -> None:
 def test_broker_restart_mid_traffic(faults: Faults) -> None:
     """Restart the broker under load: no call hangs, and the same objects work afterwards."""
     if faults.features.restart_command is None:
-        pytest.skip(f"{faults.name} declares no restart_command (no broker to restart)")
+        pytest.skip(f"{NOT_APPLICABLE}{faults.name} declares no restart_command (no broker)")
     faults.require_disruptive()
 
     async def case(f: Faults) -> None:
@@ -940,7 +940,7 @@ def test_client_connection_cut(faults: Faults) -> None:
 def test_killed_server_loses_no_durable_event(faults: Faults) -> None:
     """SIGKILL a ``polybus run`` server mid-handler: every event is handled at least once."""
     if not faults.features.durable_events:
-        pytest.skip(f"{faults.name} does not keep events (durable_events=False)")
+        pytest.skip(f"{NOT_APPLICABLE}{faults.name} does not keep events (durable_events=False)")
     faults.require_disruptive()
 
     async def case(f: Faults) -> None:
