@@ -54,7 +54,8 @@ def test_conformance_against_a_polybus_run_server(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         summary = result.stdout.strip().splitlines()[-1]
-        assert summary.startswith("14 passed, 0 failed"), result.stdout
+        passed, failed = (int(part.split()[0]) for part in summary.split(", ")[:2])
+        assert passed >= 14 and failed == 0, result.stdout
     finally:
         server.terminate()
         assert server.wait(30) == 0, server.stderr.read() if server.stderr else ""
