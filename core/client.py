@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
@@ -104,7 +105,7 @@ class Call:
     async def _result(self) -> Any:
         self._claim()
         proxy = self._proxy
-        rid, pending, release, timer = await proxy._start(self)
+        rid, pending, release = await proxy._start(self)
         try:
             while not pending.done:
                 waiter = pending.waiter = proxy._loop.create_future()
@@ -114,7 +115,7 @@ class Call:
                     pending.items.clear()
                     pending.items.append(last)
         finally:
-            proxy._finish(rid, release, timer)
+            proxy._finish(rid, pending, release)
         if pending.error is not None:
             raise pending.error
         return pending.items[-1] if pending.items else None
@@ -122,7 +123,7 @@ class Call:
     async def _iterate(self) -> AsyncIterator[Any]:
         self._claim()
         proxy = self._proxy
-        rid, pending, release, timer = await proxy._start(self)
+        rid, pending, release = await proxy._start(self)
         try:
             while True:
                 while pending.items:
@@ -132,7 +133,7 @@ class Call:
                 waiter = pending.waiter = proxy._loop.create_future()
                 await waiter
         finally:
-            proxy._finish(rid, release, timer)
+            proxy._finish(rid, pending, release)
         if pending.error is not None:
             raise pending.error
 
@@ -165,6 +166,7 @@ class ClientProxy:
         self._status = ConnectionStatus.DISCONNECTED
         self._listeners: list[StatusListener] = []
         self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self._deadlines: _Deadlines | None = None
 
     # -- state ---------------------------------------------------------------------------
 
@@ -315,7 +317,7 @@ class ClientProxy:
 
     # -- call machinery (used by Call) ---------------------------------------------------
 
-    async def _start(self, call: Call) -> tuple[str, _Pending, Release, asyncio.TimerHandle | None]:
+    async def _start(self, call: Call) -> tuple[str, _Pending, Release]:
         if not self._connected:
             await self.connect()
         rid = self._next_id()
@@ -338,14 +340,15 @@ class ClientProxy:
         except BaseException:
             del self._pending[rid]
             raise
-        timer = None
         if timeout is not None:
-            timer = self._loop.call_later(timeout, _expire, pending, timeout, call._pattern)
-        return rid, pending, release, timer
+            deadlines = self._deadlines
+            if deadlines is None:
+                deadlines = self._deadlines = _Deadlines(self._loop)
+            deadlines.add(timeout, pending, call._pattern)
+        return rid, pending, release
 
-    def _finish(self, rid: str, release: Release, timer: asyncio.TimerHandle | None) -> None:
-        if timer is not None:
-            timer.cancel()
+    def _finish(self, rid: str, pending: _Pending, release: Release) -> None:
+        pending.done = True  # lets the deadline queue forget it
         self._pending.pop(rid, None)
         try:
             release()
@@ -357,8 +360,54 @@ class ClientProxy:
         return f"<ClientProxy{name} transport={self.transport!r} status={self._status.value}>"
 
 
-def _expire(pending: _Pending, timeout: float, pattern: Any) -> None:
-    pending.fail(RequestTimeout(f"no reply to {pattern!r} within {timeout:g}s"))
+class _Deadlines:
+    """Times requests out without a timer per request.
+
+    Requests that share a timeout expire in the order they started, so one FIFO per
+    timeout value and a single loop timer for the earliest deadline are enough; finished
+    requests are dropped from the front as new ones arrive.
+    """
+
+    __slots__ = ("_at", "_loop", "_queues", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queues: dict[float, deque[tuple[float, _Pending, Any]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def add(self, timeout: float, pending: _Pending, pattern: Any) -> None:
+        at = self._loop.time() + timeout
+        queue = self._queues.get(timeout)
+        if queue is None:
+            queue = self._queues[timeout] = deque()
+        while queue and queue[0][1].done:
+            queue.popleft()
+        queue.append((at, pending, pattern))
+        if at < self._at:
+            self._schedule(at)
+
+    def _schedule(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = at
+        self._timer = self._loop.call_at(at, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._at = math.inf
+        now = self._loop.time()
+        following = math.inf
+        for timeout, queue in list(self._queues.items()):
+            while queue and (queue[0][1].done or queue[0][0] <= now):
+                _, pending, pattern = queue.popleft()
+                pending.fail(RequestTimeout(f"no reply to {pattern!r} within {timeout:g}s"))
+            if queue:
+                following = min(following, queue[0][0])
+            else:
+                del self._queues[timeout]
+        if following < math.inf:
+            self._schedule(following)
 
 
 def _with_headers(record: Record | None, data: Any, headers: dict[str, str]) -> Record:
