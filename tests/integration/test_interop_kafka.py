@@ -1,0 +1,161 @@
+"""Kafka interop with real NestJS 12 (@nestjs/microservices KAFKA transport, kafkajs), both ways.
+
+Kafka carries the data itself, so what crosses is NestJS's ``KafkaParser`` view of it: a
+number a NestJS handler returns arrives as the text ``"10"``. Beyond the four handlers (sum,
+a stream, an ``RpcException``, an event) this checks what is Kafka-specific: a NestJS stream
+whose completion travels alone gives no trailing ``None`` item, a polybus server merges
+completion into the last item so a NestJS client sees no trailing ``null`` either,
+message-shaped data (``{"key", "value", "headers"}``) is sent as a Kafka message, and a NestJS
+client (consumer group on the reply topic) and a polybus client (explicit partition
+assignment) share reply topics at once, each getting exactly its own replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import harness  # tests/integration/nest/harness.py
+import pytest
+
+from polybus import Context, Microservice, Record, RpcError, RpcException, create_client
+from polybus.testing.brokers import broker_url
+
+pytest.importorskip("aiokafka")
+
+pytestmark = [pytest.mark.interop, pytest.mark.broker("kafka")]
+
+ORDER = {"orderId": "ord_42", "amount": 1999}
+
+
+@pytest.fixture
+def nest_ready() -> None:
+    reason = harness.node_available()
+    if reason:
+        pytest.skip(f"NestJS interop: {reason}")
+
+
+@pytest.fixture
+def url() -> str:
+    return broker_url("kafka")
+
+
+@pytest.fixture
+def prefix() -> str:
+    return harness.unique_prefix().rstrip("_")
+
+
+def patterns(prefix: str) -> dict[str, str]:
+    return {name: f"{prefix}.{name}" for name in ("sum", "stream", "fail", "order_placed")}
+
+
+def nest_env(url: str, prefix: str) -> dict[str, str]:
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    return {"NEST_BROKERS": netloc, "NEST_PREFIX": prefix}
+
+
+def polybus_service(url: str, prefix: str, received: list[Any], seen: list[Any]) -> Microservice:
+    """The four handlers of server.mjs, in Python (in NestJS's group, suffix ``-server``)."""
+    p = patterns(prefix)
+    app = Microservice(url, group_id=f"pb-{prefix}-group")
+
+    @app.message_pattern(p["sum"])
+    def total(numbers: list[float], ctx: Context) -> float:
+        seen.append(ctx)
+        return sum(numbers)
+
+    @app.message_pattern(p["stream"])
+    async def stream(_: Any) -> AsyncIterator[int]:
+        for i in (1, 2, 3):
+            await asyncio.sleep(0.005)
+            yield i
+
+    @app.message_pattern(p["fail"])
+    def fail(_: Any) -> None:
+        raise RpcException({"code": "E_TEST", "message": "boom"})
+
+    @app.event_pattern(p["order_placed"])
+    def placed(data: Any) -> None:
+        received.append(data)
+
+    return app
+
+
+async def _wait_for(items: list[Any], n: int, timeout: float = 15.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if len(items) >= n:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_polybus_client_calls_nestjs_server(nest_ready: None, url: str, prefix: str) -> None:
+    p = patterns(prefix)
+    async with (
+        harness.start_nest_server("KAFKA", nest_env(url, prefix)) as nest,
+        create_client(url, timeout=30) as client,
+    ):
+        # NestJS returns the number 10; KafkaParser on our side reads the text "10".
+        assert await client.send(p["sum"], [1, 2, 3, 4]) == "10"
+        # server.mjs completes on a later tick: the completion travels alone with a null
+        # value, which NestJS's own client turns into a trailing null; polybus does not.
+        assert [item async for item in client.send(p["stream"], {})] == ["1", "2", "3"]
+        assert await client.send(p["stream"], {}) == "3"
+        with pytest.raises(RpcError) as info:
+            await client.send(p["fail"], {})
+        assert info.value.error == {"code": "E_TEST", "message": "boom"}
+        # Message-shaped data is a Kafka message: NestJS's handler sees only its value.
+        message = {"key": "order-1", "value": [5, 5], "headers": {"x-origin": "polybus"}}
+        assert await client.send(p["sum"], message) == "10"
+        assert await client.send(p["sum"], Record([2, 3], key="k", headers={"x": "y"})) == "5"
+        await client.emit(p["order_placed"], ORDER)
+        events = await nest.wait_for_events(1, timeout=30)
+    assert events[0] == {"event": p["order_placed"], "data": ORDER}
+
+
+async def test_nestjs_client_calls_polybus_server(nest_ready: None, url: str, prefix: str) -> None:
+    received: list[Any] = []
+    seen: list[Any] = []
+    app = polybus_service(url, prefix, received, seen)
+    async with app:
+        result = await harness.run_nest_client("KAFKA", nest_env(url, prefix), timeout=90)
+        await _wait_for(received, 1)
+        await app.transport.delete_resources()  # type: ignore[attr-defined]
+    # NestJS's client parses "10" as text; completion rides on the last item, so no null.
+    assert result == {
+        "sum": "10",
+        "stream": ["1", "2", "3"],
+        "fail": {"code": "E_TEST", "message": "boom"},
+        "emitted": True,
+    }
+    assert received == [ORDER]
+    ctx = seen[0]
+    assert ctx.topic == patterns(prefix)["sum"]
+    assert ctx.headers["kafka_replyTopic"] == patterns(prefix)["sum"] + ".reply"
+    assert "kafka_correlationId" in ctx.headers and "x-polybus-type" not in ctx.headers
+
+
+async def test_nestjs_and_polybus_clients_share_reply_topics(
+    nest_ready: None, url: str, prefix: str
+) -> None:
+    """Both clients at once on one NestJS server: each gets exactly its own replies."""
+    p = patterns(prefix)
+    async with (
+        harness.start_nest_server("KAFKA", nest_env(url, prefix)),
+        create_client(url, timeout=60) as client,
+    ):
+        assert await client.send(p["sum"], [0]) == "0"  # reply partition assigned
+        nest_run = asyncio.ensure_future(
+            harness.run_nest_client("KAFKA", nest_env(url, prefix), timeout=90)
+        )
+        replies: list[Any] = []
+        while not nest_run.done():
+            batch = await asyncio.gather(*(client.send(p["sum"], [i, 1]) for i in range(20)))
+            replies.append(batch == [str(i + 1) for i in range(20)])
+            await asyncio.sleep(0.05)
+        result = await nest_run
+        assert replies and all(replies)
+        assert client.pending_count == 0
+    assert result["sum"] == "10"
+    assert result["stream"] == ["1", "2", "3", None]  # NestJS's own trailing null

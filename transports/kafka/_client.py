@@ -1,0 +1,406 @@
+"""The client half: requests with replies read by explicit partition assignment.
+
+Replies to requests for ``<route>`` come back on ``<route>.reply``. Instead of NestJS's
+consumer group (whose rebalances lose replies), each client instance *assigns* itself one
+partition of each reply topic (no group, so no rebalance), seeks it to its end before its
+first request is produced, and names it in ``kafka_replyPartition``. Several instances pick
+different partitions at random, so they mostly do not read each other's replies; every
+instance keeps only the correlation ids it is waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
+
+from polybus.abc import ConnectionStatus, Release, ReplySink
+from polybus.errors import PolybusError, ProtocolError, TransportError
+from polybus.packets import MISSING, Event, Record, Reply, Request
+from polybus.serializers import Serializer
+
+from ._common import (
+    CORRELATION_ID,
+    DEADLINE,
+    FEATURES,
+    NEST_ERR,
+    NEST_IS_DISPOSED,
+    REPLY_PARTITION,
+    REPLY_TOPIC,
+    TYPE_HINT,
+    Codec,
+    Headers,
+    TopicAdmin,
+    check_topic,
+    transport_error,
+)
+from ._options import KafkaOptions
+
+__all__ = ["KafkaClientTransport"]
+
+log = logging.getLogger("polybus.kafka")
+
+HEALTH_INTERVAL = 0.5
+"""Seconds between checks that a broker is reachable (to fail pending requests promptly)."""
+_CLOSE_TIMEOUT = 10.0
+
+
+class _Route:
+    """A route whose reply partition is assigned and positioned: ready for requests."""
+
+    __slots__ = ("headers", "partition", "reply_topic", "topic")
+
+    def __init__(self, topic: str, reply_topic: str, partition: int) -> None:
+        self.topic = topic
+        self.reply_topic = reply_topic
+        self.partition = partition
+        self.headers: Headers = [
+            (REPLY_TOPIC, reply_topic.encode()),
+            (REPLY_PARTITION, str(partition).encode()),
+        ]
+
+
+class KafkaClientTransport:
+    """Produces requests and events; reads replies from assigned reply-topic partitions."""
+
+    features = FEATURES
+
+    def __init__(self, options: KafkaOptions, serializer: Serializer) -> None:
+        self.options = options
+        self._codec = Codec(serializer, hints=options.type_hints)
+        self._sink: ReplySink | None = None
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._admin = TopicAdmin(options, "client")
+        self._routes: dict[str, _Route] = {}
+        self._topics: set[str] = set()
+        self._preparing: dict[str, asyncio.Task[Any]] = {}
+        self._assign_lock: asyncio.Lock | None = None
+        self._inflight: dict[str, bool] = {}
+        """Request id → whether a non-final item arrived (its null completion is no item)."""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seed = random.randrange(1 << 30)
+        self._lost = False
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def connect(self, sink: ReplySink) -> None:
+        options = self.options
+        self._assign_lock = asyncio.Lock()
+        producer = AIOKafkaProducer(**options.producer_kwargs("client"))
+        consumer = AIOKafkaConsumer(**options.consumer_kwargs("client"))
+        try:
+            await asyncio.gather(producer.start(), consumer.start())
+        except Exception as exc:
+            await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
+            raise transport_error(f"connect to {options.describe()}", exc) from exc
+        self._sink = sink
+        self._producer = producer
+        self._consumer = consumer
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
+
+    async def close(self) -> None:
+        self._closed = True
+        self._sink = None
+        tasks = [*self._tasks, *self._preparing.values()]
+        self._tasks = []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        producer, consumer = self._producer, self._consumer
+        self._producer = self._consumer = None
+        for part in (consumer, producer):
+            if part is not None:
+                try:
+                    await asyncio.wait_for(part.stop(), _CLOSE_TIMEOUT)
+                except (Exception, asyncio.TimeoutError) as exc:
+                    log.debug("kafka: error while closing: %r", exc)
+        await self._admin.close()
+        self._routes.clear()
+        self._inflight.clear()
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def request(self, request: Request) -> Release:
+        route = self._routes.get(request.route)
+        if route is None:
+            route = await self._prepare(request.route, reply=True)
+        codec = self._codec
+        key, value, headers, partition, timestamp = codec.message(request.data, request.headers)
+        if request.record is not None:
+            key, partition = _record_options(codec, request.record, key, partition)
+        rid = request.id
+        headers.append((CORRELATION_ID, rid.encode()))
+        headers.extend(route.headers)
+        if request.deadline is not None:
+            headers.append((DEADLINE, repr(request.deadline).encode()))
+        inflight = self._inflight
+        inflight[rid] = False
+        try:
+            future = await self._produce(route.topic, key, value, headers, partition, timestamp)
+        except BaseException:
+            inflight.pop(rid, None)
+            raise
+        future.add_done_callback(lambda fut: self._delivered(rid, fut))
+
+        def release() -> None:
+            inflight.pop(rid, None)
+
+        return release
+
+    async def publish_event(self, event: Event) -> None:
+        if event.route not in self._topics:
+            await self._prepare(event.route, reply=False)
+        codec = self._codec
+        key, value, headers, partition, timestamp = codec.message(event.data, event.headers)
+        if event.record is not None:
+            key, partition = _record_options(codec, event.record, key, partition)
+        future = await self._produce(event.route, key, value, headers, partition, timestamp)
+        try:
+            await future
+        except Exception as exc:
+            raise transport_error(f"publish to {event.route!r}", exc) from exc
+
+    async def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        partition: int | None,
+        timestamp: int | None,
+    ) -> asyncio.Future[Any]:
+        producer = self._producer
+        if producer is None:
+            raise TransportError("kafka client is closed")
+        limit = self.options.max_message_bytes
+        if value is not None and len(value) > limit:
+            raise ProtocolError(f"message of {len(value)} bytes exceeds max_message_bytes={limit}")
+        if key is None and value is None:
+            key = b""  # aiokafka refuses a record with neither; NestJS peers ignore the key
+        try:
+            future: asyncio.Future[Any] = await producer.send(
+                topic, value, key=key, partition=partition, timestamp_ms=timestamp, headers=headers
+            )
+        except PolybusError:
+            raise
+        except Exception as exc:
+            raise transport_error(f"send to {topic!r}", exc) from exc
+        return future
+
+    def _delivered(self, rid: str, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            error: BaseException = TransportError(
+                "kafka: request was not delivered (producer closed)"
+            )
+        else:
+            exc = future.exception()
+            if exc is None:
+                return
+            error = transport_error("deliver the request", exc)
+        sink = self._sink
+        if sink is not None:
+            sink.on_request_error(rid, error)
+
+    # -- topics and the reply assignment ------------------------------------------------
+
+    async def _prepare(self, route: str, *, reply: bool) -> _Route:
+        key = route if reply else "\x00" + route
+        task = self._preparing.get(key)
+        if task is None:
+            check_topic(route)
+            if reply:
+                check_topic(route + ".reply")
+            if self._closed or self._consumer is None:
+                raise TransportError("kafka client is closed")
+            coro = self._setup(route) if reply else self._setup_event(route)
+            task = asyncio.get_running_loop().create_task(coro)
+            self._preparing[key] = task
+            task.add_done_callback(lambda done: self._prepared(key, done))
+        result: _Route = await asyncio.shield(task)
+        return result
+
+    def _prepared(self, key: str, task: asyncio.Task[Any]) -> None:
+        if self._preparing.get(key) is task:
+            del self._preparing[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: the awaiting callers report it
+
+    async def _setup_event(self, route: str) -> None:
+        await self._admin.ensure([route])
+        self._topics.add(route)
+
+    async def _setup(self, route: str) -> _Route:
+        reply_topic = route + ".reply"
+        await self._admin.ensure([route, reply_topic])
+        ids = await self._admin.partitions(reply_topic)
+        pinned = self.options.reply_partition
+        partition = pinned if pinned is not None and pinned in ids else ids[self._seed % len(ids)]
+        await self._assign(reply_topic, partition)
+        ready = _Route(route, reply_topic, partition)
+        self._routes[route] = ready
+        self._topics.add(route)
+        return ready
+
+    async def _assign(self, topic: str, partition: int) -> None:
+        """Add ``topic[partition]`` to the assignment at its end, keeping the others' positions."""
+        consumer = self._consumer
+        lock = self._assign_lock
+        assert lock is not None
+        tp = TopicPartition(topic, partition)
+        async with lock:
+            try:
+                current = set(consumer.assignment())
+                others = [old for old in current if old != tp]
+                # First wait until every position is known; the second pass then reads them
+                # all without yielding, so the reader cannot move one in between.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.gather(*(consumer.position(old) for old in others)), 5.0
+                    )
+                # a position still unknown falls back to the end (auto_offset_reset)
+                known = [old for old in others if _known(consumer, old)]
+                positions = {old: await consumer.position(old) for old in known}
+                if tp not in current:
+                    consumer.assign([*current, tp])
+                    for old, offset in positions.items():
+                        consumer.seek(old, offset)
+                await consumer.seek_to_end(tp)
+                await consumer.position(tp)
+            except PolybusError:
+                raise
+            except (Exception, asyncio.TimeoutError) as exc:
+                raise transport_error(f"assign reply partition {topic}[{partition}]", exc) from exc
+
+    # -- replies ------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        consumer = self._consumer
+        on_record = self._on_record
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=1000)
+            except ConsumerStoppedError:
+                return
+            except Exception as exc:
+                log.warning("kafka: reading replies failed: %r", exc)
+                await asyncio.sleep(0.1)
+                continue
+            for records in batches.values():
+                for record in records:
+                    on_record(record)
+
+    def _on_record(self, record: Any) -> None:
+        rid: str | None = None
+        err: Any = MISSING
+        kind: bytes | None = None
+        disposed = False
+        for name, raw in record.headers:
+            if name == CORRELATION_ID:
+                rid = raw.decode("utf-8", "replace") if raw is not None else None
+            elif name == TYPE_HINT:
+                kind = raw
+            elif name == NEST_ERR:
+                err = raw
+            elif name == NEST_IS_DISPOSED:
+                disposed = True
+        if rid is None:
+            return
+        streamed = self._inflight.get(rid)
+        sink = self._sink
+        if streamed is None or sink is None:
+            return  # another caller's reply (or one that ended)
+        codec = self._codec
+        if err is not MISSING:
+            sink.on_reply(Reply(rid, MISSING, codec.decode(err), True))
+            return
+        try:
+            value = codec.decode(record.value, kind)
+        except ProtocolError as exc:
+            log.warning("kafka: dropping undecodable reply on %s: %s", record.topic, exc)
+            return
+        if disposed:
+            if value is None and kind is None and streamed:
+                value = MISSING  # NestJS's completion travelling alone: no extra null item
+            sink.on_reply(Reply(rid, value, None, True))
+        else:
+            self._inflight[rid] = True
+            sink.on_reply(Reply(rid, None if value is MISSING else value))
+
+    # -- connection state ---------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Report a lost cluster (failing pending requests) and its return."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            reachable = await self._reachable()
+            sink = self._sink
+            if sink is None:
+                return
+            consumer = self._consumer
+            gone = [
+                route
+                for route, ready in self._routes.items()
+                if not consumer.partitions_for_topic(ready.reply_topic)
+            ]
+            if reachable and gone and not self._lost:
+                # a reply topic vanished (a broker that lost its data): set it up again
+                log.warning("kafka: reply topics of %s are gone; setting them up again", gone)
+                for route in gone:
+                    self._routes.pop(route, None)
+                    self._topics.discard(route)
+            if reachable and self._lost:
+                self._lost = False
+                self._routes.clear()  # topics and positions are set up again on next use
+                self._topics.clear()
+                sink.on_status(ConnectionStatus.CONNECTED)
+            elif not reachable and not self._lost:
+                self._lost = True
+                sink.on_status(ConnectionStatus.RECONNECTING)
+                sink.on_connection_lost(
+                    TransportError(f"kafka: lost the connection to {self.options.describe()}")
+                )
+
+    async def _reachable(self) -> bool:
+        producer = self._producer
+        if producer is None:
+            return False
+        client = producer.client
+        for broker in list(client.cluster.brokers()):
+            try:
+                if await asyncio.wait_for(client.ready(broker.nodeId), 2.0):
+                    return True
+            except (Exception, asyncio.TimeoutError):
+                continue
+        return False
+
+    def __repr__(self) -> str:
+        return f"KafkaClientTransport({self.options.describe()})"
+
+
+def _known(consumer: Any, tp: Any) -> bool:
+    """Whether ``tp``'s position is known (``position()`` then returns without waiting)."""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        return bool(state is not None and state.has_valid_position)
+    except AttributeError:
+        return True
+
+
+def _record_options(
+    codec: Codec, record: Record, key: bytes | None, partition: int | None
+) -> tuple[bytes | None, int | None]:
+    if record.key is not None:
+        key = codec.header(record.key)
+    if record.partition is not None:
+        partition = record.partition
+    return key, partition

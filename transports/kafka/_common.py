@@ -1,0 +1,372 @@
+"""What both halves share: features, header names, the record codec (NestJS's
+``KafkaRequestSerializer`` and ``KafkaParser``), topic names and the topic admin."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+from polybus.abc import Features
+from polybus.errors import ConfigError, ProtocolError, TransportError
+from polybus.packets import MISSING
+from polybus.patterns import js_number
+from polybus.serializers import JSON, Serializer
+
+from ._options import KafkaOptions
+
+__all__ = [
+    "CORRELATION_ID",
+    "DEADLINE",
+    "FEATURES",
+    "NEST_ERR",
+    "NEST_IS_DISPOSED",
+    "REPLY_PARTITION",
+    "REPLY_TOPIC",
+    "TYPE_HINT",
+    "Codec",
+    "TopicAdmin",
+    "check_topic",
+    "transport_error",
+]
+
+log = logging.getLogger("polybus.kafka")
+
+FEATURES: Final = Features(
+    name="kafka",
+    unknown_pattern="timeout",
+    object_patterns=False,
+    competing_consumers=True,
+    durable_events=True,
+    headers=True,
+    isolation_option="group_id",
+    restart_command=("sh", "-c", "bash .ci/kafka.sh stop; bash .ci/kafka.sh start"),
+)
+
+CORRELATION_ID: Final = "kafka_correlationId"
+REPLY_TOPIC: Final = "kafka_replyTopic"
+REPLY_PARTITION: Final = "kafka_replyPartition"
+NEST_ERR: Final = "kafka_nest-err"
+NEST_IS_DISPOSED: Final = "kafka_nest-is-disposed"
+DEADLINE: Final = "x-polybus-deadline"
+TYPE_HINT: Final = "x-polybus-type"
+KIND_JSON: Final = b"json"
+KIND_TEXT: Final = b"text"
+KIND_BYTES: Final = b"bytes"
+KIND_NULL: Final = b"null"
+KIND_UNDEFINED: Final = b"undefined"
+DISPOSED_VALUE: Final = b"\x00"
+
+_LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}").fullmatch
+
+
+def check_topic(route: str) -> str:
+    """``route`` if it is a legal Kafka topic name, else ``ConfigError`` (object patterns)."""
+    if _LEGAL_TOPIC(route) is None or route in (".", ".."):
+        hint = (
+            " Object patterns cannot be used on Kafka:"
+            " use a dotted string pattern such as 'math.sum'."
+            if route.startswith("{")
+            else ""
+        )
+        raise ConfigError(
+            f"pattern {route!r} is not a legal Kafka topic name "
+            f"(1-249 characters of [a-zA-Z0-9._-]).{hint}"
+        )
+    return route
+
+
+def transport_error(action: str, exc: BaseException) -> TransportError | ProtocolError:
+    """Map an aiokafka exception to polybus's error hierarchy."""
+    name = type(exc).__name__
+    text = str(exc) or name
+    if name in ("MessageSizeTooLargeError", "RecordTooLargeError", "RecordListTooLargeError"):
+        return ProtocolError(f"kafka: cannot {action}: message too large ({text})")
+    return TransportError(f"kafka: cannot {action}: {name}: {text}")
+
+
+Headers = list[tuple[str, bytes]]
+
+
+class Codec:
+    """Record values and header values as NestJS writes and reads them.
+
+    Writing (``KafkaRequestSerializer``): ``str`` as UTF-8, bytes as is, numbers and
+    booleans as JavaScript's ``String(value)``, ``None``/MISSING as a null value, anything
+    else through the serializer (JSON). Reading (``KafkaParser``): a value whose first byte
+    is ``0x00`` stays bytes; otherwise it becomes text, parsed as JSON only if it starts
+    with ``{`` or ``[``.
+
+    NestJS's rule loses types (``42`` arrives as ``"42"``, the text ``"[1]"`` as a list,
+    ``b"abc"`` as text, a null completion as an extra ``null`` item), so polybus also writes
+    the kind of each value in the header ``x-polybus-type`` (``json``, ``text``, ``bytes``,
+    ``null``, ``undefined``); a polybus reader that finds it decodes exactly, NestJS ignores
+    it (option ``type_hints=False`` leaves it out). With a binary serializer (msgpack)
+    every value goes through the serializer instead: such peers are polybus only.
+    """
+
+    __slots__ = ("_text", "hints", "keep_binary", "nest", "serializer")
+
+    def __init__(
+        self, serializer: Serializer, keep_binary: bool = False, hints: bool = True
+    ) -> None:
+        self.serializer = serializer
+        self.nest = not serializer.binary
+        self._text = serializer if self.nest else JSON
+        self.keep_binary = keep_binary
+        self.hints = hints
+
+    def encode(self, value: Any) -> tuple[bytes | None, bytes]:
+        """``(value bytes or None, kind)`` for a record value."""
+        if value is None:
+            return None, KIND_NULL
+        if value is MISSING:
+            return None, KIND_UNDEFINED
+        if not self.nest:
+            return self.serializer.dumps(value), KIND_JSON
+        return self._nest(value)
+
+    def _nest(self, value: Any) -> tuple[bytes | None, bytes]:
+        if value is None or value is MISSING:
+            return None, KIND_NULL
+        if isinstance(value, str):
+            return _utf8(value), KIND_TEXT
+        if isinstance(value, bytes):
+            return value, KIND_BYTES
+        if isinstance(value, (bytearray, memoryview)):
+            return bytes(value), KIND_BYTES
+        if isinstance(value, bool):
+            return (b"true" if value else b"false"), KIND_JSON
+        if isinstance(value, int):
+            return str(value).encode(), KIND_JSON
+        if isinstance(value, float):
+            return js_number(value).encode(), KIND_JSON
+        return self._text.dumps(value), KIND_JSON
+
+    def decode(self, raw: bytes | None, kind: bytes | None = None) -> Any:
+        """A record value: exactly per ``kind`` when a polybus writer named it, else by
+        NestJS's rule. ``undefined`` gives MISSING."""
+        if kind is not None:
+            if kind == KIND_UNDEFINED:
+                return MISSING
+            if raw is None:
+                return None
+            if kind == KIND_TEXT and self.nest:
+                return raw.decode("utf-8", "replace")
+            if kind == KIND_BYTES and self.nest:
+                return raw
+            if kind == KIND_JSON:
+                try:
+                    return self.serializer.loads(raw)
+                except ProtocolError:
+                    pass
+        if raw is not None and not self.nest:
+            return self.serializer.loads(raw)
+        return self.parse(raw)
+
+    def parse(self, raw: bytes | None) -> Any:
+        """NestJS's ``KafkaParser`` rule (headers, keys, values without a type hint)."""
+        if raw is None:
+            return None
+        if raw[:1] == b"\x00":
+            return raw
+        first = raw[:1]
+        if first == b"{" or first == b"[":
+            try:
+                return self._text.loads(raw)
+            except ProtocolError:
+                pass
+        return raw.decode("utf-8", "replace")
+
+    def decode_data(self, raw: bytes | None, kind: bytes | None) -> Any:
+        """A request/event value for a handler (MISSING becomes None)."""
+        if self.keep_binary:
+            return raw
+        value = self.decode(raw, kind)
+        return None if value is MISSING else value
+
+    def header(self, value: Any) -> bytes:
+        """A header value: text as UTF-8, bytes as is, anything else encoded like a value."""
+        if isinstance(value, str):
+            return _utf8(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        encoded = self._nest(value)[0]
+        return b"" if encoded is None else encoded
+
+    def err_header(self, err: Any) -> bytes:
+        """``kafka_nest-err``: JSON for an object, the text otherwise (NestJS)."""
+        if not self.nest:
+            return self.serializer.dumps(err)
+        if isinstance(err, (dict, list)):
+            return self._text.dumps(err)
+        return self.header(err)
+
+    def message(
+        self, data: Any, headers: Mapping[str, Any] | None
+    ) -> tuple[bytes | None, bytes | None, Headers, int | None, int | None]:
+        """``(key, value, headers, partition, timestamp_ms)`` for ``data``.
+
+        Data shaped like a Kafka message (a dict with ``key`` or ``value``) is taken to be
+        one, as NestJS does: ``{"key": ..., "value": ..., "headers": {...}, "partition": n}``.
+        """
+        key: bytes | None = None
+        partition: int | None = None
+        timestamp: int | None = None
+        out: Headers = []
+        if isinstance(data, dict) and ("key" in data or "value" in data):
+            value, kind = self.encode(data.get("value"))
+            if data.get("key") is not None:
+                key = self.header(data["key"])
+            for name, item in (data.get("headers") or {}).items():
+                out.append((str(name), self.header(item)))
+            if data.get("partition") is not None:
+                partition = _int_or_none(data["partition"])
+            if data.get("timestamp") is not None:
+                timestamp = _int_or_none(data["timestamp"])
+        else:
+            value, kind = self.encode(data)
+        if headers:
+            out.extend((name, self.header(item)) for name, item in headers.items())
+        if self.hints:
+            out.append((TYPE_HINT, kind))
+        return key, value, out, partition, timestamp
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # lone surrogates: U+FFFD, as Node's Buffer.from does
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def partition_of(raw: bytes | None) -> int | None:
+    """``parseFloat(kafka_replyPartition)`` as NestJS reads it (None when absent/invalid)."""
+    if raw is None:
+        return None
+    try:
+        number = float(raw.decode("ascii", "replace").strip())
+    except ValueError:
+        return None
+    if number != number or number < 0 or number != int(number):
+        return None
+    return int(number)
+
+
+class TopicAdmin:
+    """Creates topics with the admin API (never relying on broker auto-creation) and
+    reads partition counts. One lazily started ``AIOKafkaAdminClient`` per transport."""
+
+    def __init__(self, options: KafkaOptions, role: str) -> None:
+        self._options = options
+        self._role = role
+        self._admin: Any = None
+        self._starting: asyncio.Lock | None = None
+        self._replication: int | None = options.replication_factor
+        self.created: set[str] = set()
+
+    async def _client(self) -> Any:
+        if self._admin is not None:
+            return self._admin
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(**self._options.client_kwargs(self._role))
+                try:
+                    await admin.start()
+                except Exception as exc:
+                    await _quietly(admin.close())
+                    raise transport_error(f"connect to {self._options.describe()}", exc) from exc
+                self._admin = admin
+        return self._admin
+
+    async def _replication_factor(self, admin: Any) -> int:
+        if self._replication is None:
+            try:
+                cluster = await admin.describe_cluster()
+                brokers = len(cluster.get("brokers") or ()) or 1
+            except Exception:
+                brokers = 1
+            self._replication = min(3, brokers)
+        return self._replication
+
+    async def ensure(self, topics: Iterable[str]) -> None:
+        """Create those of ``topics`` that do not exist (existing ones are left alone)."""
+        names = list(dict.fromkeys(topics))
+        if not names or not self._options.create_topics:
+            return
+        admin = await self._client()
+        options = self._options
+        replication = await self._replication_factor(admin)
+        config = dict(options.topic_config or {})
+        new = [
+            NewTopic(name, options.num_partitions, replication, topic_configs=config)
+            for name in names
+        ]
+        try:
+            response = await admin.create_topics(new, timeout_ms=options.request_timeout_ms)
+        except Exception as exc:
+            raise transport_error(f"create topics {names}", exc) from exc
+        for item in getattr(response, "topic_errors", ()):
+            name, code = item[0], item[1]
+            if code == 0:
+                self.created.add(name)
+            elif code == 36:  # TOPIC_ALREADY_EXISTS
+                pass
+            elif code in (29, 31):  # not authorized: the topic may exist anyway
+                log.debug("kafka: not authorized to create topic %s", name)
+            else:
+                message = item[2] if len(item) > 2 else ""
+                raise TransportError(
+                    f"kafka: cannot create topic {name!r}: error {code} {message or ''}"
+                )
+
+    async def partitions(self, topic: str) -> list[int]:
+        """Partition ids of an existing ``topic`` (after :meth:`ensure`)."""
+        admin = await self._client()
+        for attempt in range(50):
+            try:
+                described = await admin.describe_topics([topic])
+            except Exception as exc:
+                raise transport_error(f"describe topic {topic!r}", exc) from exc
+            for item in described:
+                if item.get("topic") == topic and item.get("error_code", 0) == 0:
+                    ids = sorted(p["partition"] for p in item.get("partitions") or ())
+                    if ids:
+                        return ids
+            await asyncio.sleep(min(0.01 * (attempt + 1), 0.2))
+        raise TransportError(f"kafka: topic {topic!r} has no partitions")
+
+    async def delete(self, topics: Iterable[str]) -> None:
+        names = list(topics)
+        if not names:
+            return
+        admin = await self._client()
+        try:
+            await admin.delete_topics(names, timeout_ms=self._options.request_timeout_ms)
+        except Exception as exc:
+            raise transport_error(f"delete topics {names}", exc) from exc
+
+    async def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await _quietly(admin.close())
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("kafka: ignoring error while closing: %r", exc)
