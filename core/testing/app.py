@@ -59,6 +59,7 @@ class Routes:
     whoami = property(lambda self: self._p("whoami"))
     headers = property(lambda self: self._p("headers"))
     event = property(lambda self: self._p("event"))
+    slow_event = property(lambda self: self._p("slow_event"))
     events = property(lambda self: self._p("events"))
     unknown = property(lambda self: self._p("no_such_handler"))
 
@@ -142,6 +143,12 @@ def build_app(
     @app.event_pattern(routes.event)
     def second(data: dict[str, Any]) -> None:
         RECEIVED[data["token"]].append(["second", instance, data])
+
+    @app.event_pattern(routes.slow_event)
+    async def slow_event(data: dict[str, Any]) -> None:
+        RECEIVED[data["token"]].append(["started", instance, data])
+        await asyncio.sleep(data["seconds"])
+        RECEIVED[data["token"]].append(["finished", instance, data])
 
     @app.message_pattern(routes.events)
     def events(key: str) -> list[Any]:

@@ -299,22 +299,84 @@ def test_two_server_instances(conformance: Conformance) -> None:
     async def case(c: Conformance) -> None:
         await c.server("a")
         await c.server("b")
-        client = c.client()
+        clients = [c.client(), c.client()]
         token = uuid.uuid4().hex
-        n = 40
-        replies = await asyncio.gather(*(client.send(c.routes.whoami, token) for _ in range(n)))
-        assert set(replies) <= {"a", "b"}
+        n = 60
+
+        async def one(i: int) -> None:
+            client = clients[i % 2]
+            assert await client.send(c.routes.whoami, token) in ("a", "b")
+            payload = {"i": i, "caller": i % 2}
+            assert await client.send(c.routes.echo, payload) == payload  # its own reply
+
+        await asyncio.gather(*(one(i) for i in range(n)))
         key = f"whoami:{token}"
         expected = 2 * n if f.broadcast else n
-        handled = await c.eventually(
-            lambda: client.send(c.routes.events, key), lambda v: len(v) >= expected, timeout=5
-        )
+        probe = clients[0]
+        await c.eventually(lambda: probe.send(c.routes.events, key), lambda v: len(v) >= expected)
         await asyncio.sleep(0.3)
-        handled = await client.send(c.routes.events, key)
+        handled = await probe.send(c.routes.events, key)
         if f.broadcast:
-            assert sorted(handled).count("a") == n and handled.count("b") == n  # every instance
+            assert handled.count("a") == n and handled.count("b") == n  # every instance
         else:
             assert len(handled) == n  # each request answered exactly once
+        assert all(client.pending_count == 0 for client in clients)
+
+    conformance.run(case)
+
+
+def test_server_joining_and_leaving_mid_traffic_loses_no_request(conformance: Conformance) -> None:
+    f = conformance.features
+    _skip_unless(f.competing_consumers, "no competing consumers to join or leave")
+
+    async def case(c: Conformance) -> None:
+        await c.server("a", **f.durable_options)
+        client = c.client(timeout=60)
+        sent = 0
+        results: list[Any] = []
+        stop = asyncio.Event()
+
+        async def traffic(worker: int) -> None:
+            nonlocal sent
+            i = worker
+            while not stop.is_set():
+                sent += 1
+                results.append(await client.send(c.routes.echo, i))
+                i += 8
+                await asyncio.sleep(0.01)
+
+        workers = [asyncio.ensure_future(traffic(w)) for w in range(8)]
+        await asyncio.sleep(1.0)
+        joined = await c.server("b", **f.durable_options)  # joins while requests flow
+        await asyncio.sleep(1.0)
+        await joined.close(grace=2.0)  # and leaves while they still flow
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*workers)  # none failed or timed out
+        assert len(results) == sent and sent > 0
+
+    conformance.run(case)
+
+
+def test_event_is_settled_only_after_its_handler_finished(conformance: Conformance) -> None:
+    f = conformance.features
+    _skip_unless(f.durable_events, "transport does not keep events")
+
+    async def case(c: Conformance) -> None:
+        first = await c.server("a", **f.durable_options)
+        client = c.client()
+        token = uuid.uuid4().hex
+        await client.emit(c.routes.slow_event, {"token": token, "seconds": 1.0})
+        await c.eventually(lambda: client.send(c.routes.events, token), lambda v: len(v) >= 1)
+        await first.close(grace=0)  # the handler is cut off before it finishes
+        await c.server("b", **f.durable_options)
+        got = await c.eventually(
+            lambda: client.send(c.routes.events, token),
+            lambda v: ["finished", "b"] in [item[:2] for item in v],
+            timeout=60,
+        )
+        assert ["finished", "b"] in [item[:2] for item in got], got
+        assert ["finished", "a"] not in [item[:2] for item in got]
 
     conformance.run(case)
 
@@ -343,13 +405,13 @@ def test_events_published_while_no_server_runs_are_delivered_later(
     _declared(conformance, "durable_events")
 
     async def case(c: Conformance) -> None:
-        first = await c.server("a")
+        first = await c.server("a", **c.features.durable_options)
         await first.close()
         client = c.client()
         token = uuid.uuid4().hex
         for n in range(5):
             await client.emit(c.routes.event, {"token": token, "n": n})
-        await c.server("b")
+        await c.server("b", **c.features.durable_options)
         got = await c.eventually(
             lambda: client.send(c.routes.events, token), lambda v: len(v) >= 10, timeout=30
         )
