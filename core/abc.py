@@ -27,6 +27,7 @@ __all__ = [
     "RouteSpec",
     "ServerTransport",
     "SupportsCleanup",
+    "no_release",
 ]
 
 
@@ -62,6 +63,9 @@ class Features:
     isolation_option: str | None = None
     """Option naming the broker-side service (RabbitMQ ``queue``, Kafka ``group_id``):
     the conformance suite gives each test its own value so tests never share state."""
+    durable_options: dict[str, Any] = field(default_factory=dict)
+    """Options a service needs for its accepted messages to survive a crash (RabbitMQ:
+    ``no_ack=False`` and persistent messages); the durability cases use them."""
     restart_command: Sequence[str] | None = None
     """Shell command that restarts this machine's local broker (the fault suite uses it)."""
     notes: dict[str, str] = field(default_factory=dict)
@@ -72,6 +76,10 @@ class Release(Protocol):
     """Returned by :meth:`ClientTransport.request`; called once when the call is over."""
 
     def __call__(self) -> None: ...
+
+
+def no_release() -> None:
+    """The :class:`Release` of a request that left no per-request state in the adapter."""
 
 
 @runtime_checkable

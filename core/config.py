@@ -11,6 +11,9 @@ import dataclasses
 import importlib
 import os
 import re
+import ssl
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -18,19 +21,23 @@ from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from .abc import ClientTransport, Features, ServerTransport
-from .errors import ConfigError
+from .errors import ConfigError, ProtocolError
 from .serializers import Serializer, resolve_serializer
 
 __all__ = [
     "SCHEMES",
+    "TLS_FILE_ALIASES",
     "TransportOptions",
     "TransportPlugin",
+    "coerce_options",
     "create_client_transport",
     "create_server_transport",
     "features_of",
     "redact_url",
     "register_transport",
     "resolve_target",
+    "snake_case",
+    "tls_client_context",
 ]
 
 SCHEMES: dict[str, str] = {
@@ -78,7 +85,8 @@ OptionsT = TypeVar("OptionsT", bound="TransportOptions")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
-def _snake(name: str) -> str:
+def snake_case(name: str) -> str:
+    """``prefetchCount`` → ``prefetch_count`` (NestJS option names to polybus ones)."""
     return _CAMEL.sub("_", name).lower()
 
 
@@ -92,6 +100,14 @@ class TransportOptions:
 
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest message accepted or sent; larger ones are refused with ``ProtocolError``."""
+
+    def __post_init__(self) -> None:
+        # Text given for a typed option (URL query, environment, a NestJS-style dict)
+        # becomes a value of the field's type, or a ConfigError naming the option.
+        text = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        text = {name: value for name, value in text.items() if isinstance(value, str)}
+        for name, value in coerce_options(type(self), text).items():
+            setattr(self, name, value)
 
     @classmethod
     def from_url(cls: type[OptionsT], url: str) -> OptionsT:
@@ -109,7 +125,7 @@ class TransportOptions:
         names = {f.name for f in dataclasses.fields(self)}
         changes: dict[str, Any] = {}
         for key, value in overrides.items():
-            name = key if key in names else _snake(key)
+            name = key if key in names else snake_case(key)
             if name not in names:
                 known = ", ".join(sorted(names))
                 raise ConfigError(
@@ -117,6 +133,144 @@ class TransportOptions:
                 )
             changes[name] = value
         return dataclasses.replace(self, **changes)
+
+    def with_query(
+        self: OptionsT, query: Mapping[str, str], aliases: Mapping[str, str] | None = None
+    ) -> OptionsT:
+        """These options with a URL's query parameters applied: short names renamed by
+        ``aliases``, camelCase accepted, text converted to each option's type."""
+        if aliases:
+            query = {aliases.get(key, key): value for key, value in query.items()}
+        return self.with_overrides(query)
+
+    def check_size(self, body: bytes, what: str = "message") -> bytes:
+        """``body`` if it fits ``max_message_bytes``, else ``ProtocolError``."""
+        limit = self.max_message_bytes
+        if len(body) > limit:
+            raise ProtocolError(f"{what} of {len(body)} bytes exceeds max_message_bytes={limit}")
+        return body
+
+
+# -- typed option values from text ----------------------------------------------------------
+
+_TRUE = frozenset(("1", "true", "yes", "on"))
+_FALSE = frozenset(("0", "false", "no", "off"))
+_TEXT_TYPES = frozenset(("str", "Any", "object"))
+_EXPECTED = {"bool": "a boolean", "int": "an integer", "float": "a number", "list": "a list"}
+
+
+def coerce_options(cls: type[TransportOptions], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with every text value of a typed option converted to that option's type,
+    as the options dataclass ``cls`` declares it.
+
+    Booleans accept ``1/0``, ``true/false``, ``yes/no``, ``on/off``; ints and floats their
+    Python spelling; lists comma-separated items. A union tries its types in turn, text
+    last (``acks: int | str`` takes ``1`` and ``all``). Names that are not fields, values
+    that are not text and text options are left as they are. A value that fits none of the
+    types raises ``ConfigError`` naming the option and the value.
+    """
+    kinds = _field_kinds(cls)
+    out = dict(values)
+    for name, value in values.items():
+        alternatives = kinds.get(name)
+        if alternatives is not None and isinstance(value, str):
+            out[name] = _from_text(name, alternatives, value)
+    return out
+
+
+def _from_text(name: str, alternatives: tuple[str, ...], text: str) -> Any:
+    for kind in alternatives:
+        value = _parse(kind, text)
+        if value is not _UNPARSED:
+            return value
+    if any(kind in _TEXT_TYPES for kind in alternatives):
+        return text
+    expected = " or ".join(_EXPECTED[kind] for kind in alternatives if kind in _EXPECTED)
+    if not expected:
+        raise ConfigError(f"option {name} cannot be given as text, got {text!r}")
+    raise ConfigError(f"option {name} must be {expected}, got {text!r}")
+
+
+_UNPARSED: Any = object()
+
+
+def _parse(kind: str, text: str) -> Any:
+    """``text`` as a value of the type named ``kind``, or ``_UNPARSED``."""
+    if kind == "bool":
+        lowered = text.strip().lower()
+        if lowered in _TRUE or lowered in _FALSE:
+            return lowered in _TRUE
+    elif kind in ("int", "float"):
+        try:
+            return int(text) if kind == "int" else float(text)
+        except ValueError:
+            pass
+    elif kind == "list":
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return _UNPARSED
+
+
+_FIELD_KINDS: dict[type, dict[str, tuple[str, ...]]] = {}
+
+
+def _field_kinds(cls: type[TransportOptions]) -> dict[str, tuple[str, ...]]:
+    """Field name → the names of the types its annotation allows (``None`` left out):
+    ``int | None`` → ``("int",)``, ``list[str]`` → ``("list",)``."""
+    kinds = _FIELD_KINDS.get(cls)
+    if kinds is None:
+        kinds = _FIELD_KINDS[cls] = {
+            f.name: tuple(name for name in _type_names(f.type) if name != "None")
+            for f in dataclasses.fields(cls)
+        }
+    return kinds
+
+
+def _type_names(annotation: Any) -> list[str]:
+    if isinstance(annotation, str):
+        text = annotation.strip()
+        if text.startswith("Optional[") and text.endswith("]"):
+            text = text[len("Optional[") : -1] + " | None"
+        names: list[str] = []
+        depth = start = 0
+        for i, char in enumerate(text + "|"):
+            if char == "[":
+                depth += 1
+            elif char == "]":
+                depth -= 1
+            elif char == "|" and depth == 0:
+                names.append(text[start:i].strip().split("[", 1)[0].rsplit(".", 1)[-1])
+                start = i + 1
+        return names
+    if annotation is None or annotation is type(None):
+        return ["None"]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [name for arg in typing.get_args(annotation) for name in _type_names(arg)]
+    origin = typing.get_origin(annotation) or annotation
+    return [getattr(origin, "__name__", str(origin))]
+
+
+# -- TLS --------------------------------------------------------------------------------
+
+TLS_FILE_ALIASES: dict[str, str] = {
+    "ca": "ca_file",
+    "cafile": "ca_file",
+    "cert": "cert_file",
+    "certfile": "cert_file",
+    "key": "key_file",
+    "keyfile": "key_file",
+}
+"""Short URL query names of the ``ca_file``/``cert_file``/``key_file`` options."""
+
+
+def tls_client_context(
+    ca_file: str | None, cert_file: str | None, key_file: str | None, password: str | None = None
+) -> ssl.SSLContext:
+    """A client TLS context trusting ``ca_file`` (else the system CAs), presenting
+    ``cert_file``/``key_file`` when given."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file, password)
+    return context
 
 
 def split_url(url: str, schemes: tuple[str, ...]) -> SplitResult:

@@ -31,6 +31,7 @@ __all__ = [
     "RpcError",
     "RpcException",
     "TransportError",
+    "describe_error",
 ]
 
 NO_HANDLER_MESSAGE = "There is no matching message handler defined in the remote service."
@@ -99,3 +100,10 @@ class RpcException(PolybusError):
         if isinstance(self.error, (dict, list)):
             return self.error
         return {"status": "error", "message": self.error}
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TypeName: message"`` (just the type name when the message is empty), for the
+    text of an error that wraps a client library's exception."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -29,8 +29,10 @@ __all__ = [
     "encode_event",
     "encode_reply",
     "encode_request",
+    "merge_headers",
     "new_id_factory",
     "parse_deadline",
+    "parse_deadline_value",
     "reply_envelope",
 ]
 
@@ -132,7 +134,7 @@ def encode_request(serializer: Serializer, request: Request, *, metadata: bool =
     expose (``TcpContext.getMetadata()``); for transports without message headers."""
     packet: dict[str, Any] = {"pattern": request.pattern, "data": request.data, "id": request.id}
     if metadata:
-        meta = _metadata(request.headers, request.deadline)
+        meta = merge_headers(request.headers, deadline=request.deadline)
         if meta:
             packet["metadata"] = meta
     return serializer.dumps(packet)
@@ -153,19 +155,30 @@ def encode_event(
     return serializer.dumps(packet)
 
 
-def _metadata(headers: dict[str, str] | None, deadline: float | None) -> dict[str, str] | None:
-    if deadline is None:
-        return dict(headers) if headers else None
-    meta = dict(headers) if headers else {}
-    meta[DEADLINE_HEADER] = f"{deadline:.3f}"
-    return meta
+def merge_headers(
+    *layers: Mapping[str, str] | None, deadline: float | None = None
+) -> dict[str, str] | None:
+    """One header dict from ``layers`` (later ones win) and the caller's ``deadline``
+    (:data:`DEADLINE_HEADER`, epoch seconds to the millisecond); ``None`` when empty."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        if layer:
+            merged.update(layer)
+    if deadline is not None:
+        merged[DEADLINE_HEADER] = f"{deadline:.3f}"
+    return merged or None
 
 
 def parse_deadline(headers: Mapping[str, Any] | None) -> float | None:
     """The caller's deadline from headers or metadata; ``None`` when absent or malformed."""
     if not headers:
         return None
-    raw = headers.get(DEADLINE_HEADER)
+    return parse_deadline_value(headers.get(DEADLINE_HEADER))
+
+
+def parse_deadline_value(raw: Any) -> float | None:
+    """A :data:`DEADLINE_HEADER` value (text or bytes) as epoch seconds; ``None`` when
+    absent or malformed."""
     if raw is None:
         return None
     try:

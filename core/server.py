@@ -185,20 +185,24 @@ class Microservice:
 
     async def run(self) -> None:
         """Listen until SIGINT/SIGTERM (or ``close()``), then shut down gracefully."""
-        await self.listen()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         installed = []
+        # Signals first: a SIGTERM that arrives as soon as the port opens is a clean stop.
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
                 pass
-        assert self._stopped is not None
-        stopped = self._stopped
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(stopped.wait())]
+        waiters: list[asyncio.Future[Any]] = []
         try:
+            await self.listen()
+            assert self._stopped is not None
+            waiters = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._stopped.wait()),
+            ]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:

@@ -19,9 +19,10 @@ from polybus.abc import (
     Release,
     ReplySink,
     RouteSpec,
+    no_release,
 )
 from polybus.config import TransportOptions, TransportPlugin, split_url
-from polybus.errors import ProtocolError, TransportError
+from polybus.errors import TransportError
 from polybus.packets import (
     MISSING,
     Event,
@@ -74,14 +75,6 @@ def _bus(name: str) -> _Bus:
     return bus
 
 
-def _check_size(body: bytes, options: MemoryOptions) -> bytes:
-    if len(body) > options.max_message_bytes:
-        raise ProtocolError(
-            f"message of {len(body)} bytes exceeds max_message_bytes={options.max_message_bytes}"
-        )
-    return body
-
-
 class MemoryContext(Context):
     """Context of an in-memory message."""
 
@@ -131,24 +124,19 @@ class MemoryClientTransport:
 
     async def request(self, request: Request) -> Release:
         server = self._server()
-        body = _check_size(encode_request(self._serializer, request, metadata=True), self.options)
+        body = self.options.check_size(encode_request(self._serializer, request, metadata=True))
         await server._deliver(body, self)
-        return _noop
+        return no_release
 
     async def publish_event(self, event: Event) -> None:
         server = self._server()
-        body = _check_size(
-            encode_event(self._serializer, event, pattern_as_route=True, metadata=True),
-            self.options,
+        body = self.options.check_size(
+            encode_event(self._serializer, event, pattern_as_route=True, metadata=True)
         )
         await server._deliver(body, None)
 
     def __repr__(self) -> str:
         return f"MemoryClientTransport(memory://{self.options.name})"
-
-
-def _noop() -> None:
-    pass
 
 
 class MemoryServerTransport:

@@ -14,16 +14,17 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
-from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
 
 from polybus.abc import ConnectionStatus, Release, ReplySink
-from polybus.errors import PolybusError, ProtocolError, TransportError
+from polybus.errors import PolybusError, ProtocolError, RequestTimeout, TransportError
 from polybus.packets import MISSING, Event, Record, Reply, Request
 from polybus.serializers import Serializer
 
+from ._admin import TopicAdmin
 from ._common import (
     CORRELATION_ID,
     DEADLINE,
@@ -35,8 +36,11 @@ from ._common import (
     TYPE_HINT,
     Codec,
     Headers,
-    TopicAdmin,
     check_topic,
+    close_quietly,
+    cluster_reachable,
+    fetched_batches,
+    produce,
     transport_error,
 )
 from ._options import KafkaOptions
@@ -47,7 +51,7 @@ log = logging.getLogger("polybus.kafka")
 
 HEALTH_INTERVAL = 0.5
 """Seconds between checks that a broker is reachable (to fail pending requests promptly)."""
-_CLOSE_TIMEOUT = 10.0
+_RESYNC_TIMEOUT = 5.0
 
 
 class _Route:
@@ -120,10 +124,7 @@ class KafkaClientTransport:
         self._producer = self._consumer = None
         for part in (consumer, producer):
             if part is not None:
-                try:
-                    await asyncio.wait_for(part.stop(), _CLOSE_TIMEOUT)
-                except (Exception, asyncio.TimeoutError) as exc:
-                    log.debug("kafka: error while closing: %r", exc)
+                await close_quietly(part.stop())
         await self._admin.close()
         self._routes.clear()
         self._inflight.clear()
@@ -133,7 +134,7 @@ class KafkaClientTransport:
     async def request(self, request: Request) -> Release:
         route = self._routes.get(request.route)
         if route is None:
-            route = await self._prepare(request.route, reply=True)
+            route = await self._prepare(request.route, reply=True, deadline=request.deadline)
         codec = self._codec
         key, value, headers, partition, timestamp = codec.message(request.data, request.headers)
         if request.record is not None:
@@ -182,20 +183,11 @@ class KafkaClientTransport:
         producer = self._producer
         if producer is None:
             raise TransportError("kafka client is closed")
-        limit = self.options.max_message_bytes
-        if value is not None and len(value) > limit:
-            raise ProtocolError(f"message of {len(value)} bytes exceeds max_message_bytes={limit}")
-        if key is None and value is None:
-            key = b""  # aiokafka refuses a record with neither; NestJS peers ignore the key
-        try:
-            future: asyncio.Future[Any] = await producer.send(
-                topic, value, key=key, partition=partition, timestamp_ms=timestamp, headers=headers
-            )
-        except PolybusError:
-            raise
-        except Exception as exc:
-            raise transport_error(f"send to {topic!r}", exc) from exc
-        return future
+        if value is not None:
+            self.options.check_size(value)
+        return await produce(
+            producer, topic, key, value, headers, partition, timestamp, action="send to"
+        )
 
     def _delivered(self, rid: str, future: asyncio.Future[Any]) -> None:
         if future.cancelled():
@@ -213,7 +205,11 @@ class KafkaClientTransport:
 
     # -- topics and the reply assignment ------------------------------------------------
 
-    async def _prepare(self, route: str, *, reply: bool) -> _Route:
+    async def _prepare(self, route: str, *, reply: bool, deadline: float | None = None) -> _Route:
+        """Set ``route``'s topics (and reply partition) up once, shared by concurrent callers.
+
+        A request waits for it until its ``deadline`` at most (its timeout only starts once
+        ``request()`` returns): a broker that does not answer gives ``RequestTimeout``."""
         key = route if reply else "\x00" + route
         task = self._preparing.get(key)
         if task is None:
@@ -226,8 +222,15 @@ class KafkaClientTransport:
             task = asyncio.get_running_loop().create_task(coro)
             self._preparing[key] = task
             task.add_done_callback(lambda done: self._prepared(key, done))
-        result: _Route = await asyncio.shield(task)
-        return result
+        if deadline is None:
+            result: _Route = await asyncio.shield(task)
+            return result
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.time()))
+        except asyncio.TimeoutError:
+            if not task.done():
+                raise RequestTimeout(f"kafka: could not set up {route!r} in time") from None
+            raise
 
     def _prepared(self, key: str, task: asyncio.Task[Any]) -> None:
         if self._preparing.get(key) is task:
@@ -284,17 +287,8 @@ class KafkaClientTransport:
     # -- replies ------------------------------------------------------------------------
 
     async def _read(self) -> None:
-        consumer = self._consumer
         on_record = self._on_record
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=1000)
-            except ConsumerStoppedError:
-                return
-            except Exception as exc:
-                log.warning("kafka: reading replies failed: %r", exc)
-                await asyncio.sleep(0.1)
-                continue
+        async for batches in fetched_batches(self._consumer, "reading replies", 0.1):
             for records in batches.values():
                 for record in records:
                     on_record(record)
@@ -342,7 +336,7 @@ class KafkaClientTransport:
         """Report a lost cluster (failing pending requests) and its return."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL)
-            reachable = await self._reachable()
+            reachable = await cluster_reachable(self._producer)
             sink = self._sink
             if sink is None:
                 return
@@ -363,25 +357,70 @@ class KafkaClientTransport:
                 self._routes.clear()  # topics and positions are set up again on next use
                 self._topics.clear()
                 sink.on_status(ConnectionStatus.CONNECTED)
-            elif not reachable and not self._lost:
+            elif reachable:
+                await self._resync_replies()
+            elif not self._lost:
                 self._lost = True
                 sink.on_status(ConnectionStatus.RECONNECTING)
                 sink.on_connection_lost(
                     TransportError(f"kafka: lost the connection to {self.options.describe()}")
                 )
 
-    async def _reachable(self) -> bool:
-        producer = self._producer
-        if producer is None:
-            return False
-        client = producer.client
-        for broker in list(client.cluster.brokers()):
+    async def _resync_replies(self) -> None:
+        """Read again from the end a reply partition whose end went below our position.
+
+        A broker that came back without its data (in-memory storage) or a truncated log
+        restarts the partition at a lower offset. Apache Kafka answers a fetch past the end
+        with OFFSET_OUT_OF_RANGE and aiokafka resets the position itself, but compatible
+        brokers (tansu) just leave the fetch waiting, and the replies written from the new
+        end on would never be read. The fetches' high watermark shows it without a request;
+        the end offset (ListOffsets) confirms it. The topics went with the data, so they
+        are created again before the seek (as always, without relying on auto-creation).
+        """
+        consumer = self._consumer
+        lock = self._assign_lock
+        if consumer is None or lock is None or not self._routes:
+            return
+        behind = []
+        for ready in self._routes.values():
+            tp = TopicPartition(ready.reply_topic, ready.partition)
+            position = _position(consumer, tp)
+            with contextlib.suppress(Exception):
+                high = consumer.highwater(tp)
+                if position is not None and high is not None and high < position:
+                    behind.append(tp)
+        if not behind:
+            return
+        topics = [*self._topics, *(r.reply_topic for r in self._routes.values())]
+        async with lock:
             try:
-                if await asyncio.wait_for(client.ready(broker.nodeId), 2.0):
-                    return True
-            except (Exception, asyncio.TimeoutError):
-                continue
-        return False
+                ends = await asyncio.wait_for(consumer.end_offsets(behind), _RESYNC_TIMEOUT)
+            except (Exception, asyncio.TimeoutError) as exc:
+                log.warning("kafka: repositioning reply partitions %s failed: %r", behind, exc)
+                return
+            moved = {}
+            for tp in behind:
+                end, position = ends.get(tp), _position(consumer, tp)
+                if end is not None and position is not None and end < position:
+                    moved[tp] = end
+            if not moved:
+                return  # a high watermark older than a seek to the end
+            try:
+                await asyncio.wait_for(self._admin.ensure(topics), _RESYNC_TIMEOUT)
+            except (Exception, asyncio.TimeoutError) as exc:
+                log.warning("kafka: re-creating topics %s failed: %r", topics, exc)
+            for tp, end in moved.items():
+                log.warning(
+                    "kafka: reply partition %s[%d] ends at %d, below the position read "
+                    "(the broker lost its data?): reading it from there",
+                    tp.topic,
+                    tp.partition,
+                    end,
+                )
+                consumer.seek(tp, end)
+        producer = self._producer
+        if producer is not None:
+            producer.client.force_metadata_update()  # partition counts of re-created topics
 
     def __repr__(self) -> str:
         return f"KafkaClientTransport({self.options.describe()})"
@@ -394,6 +433,15 @@ def _known(consumer: Any, tp: Any) -> bool:
         return bool(state is not None and state.has_valid_position)
     except AttributeError:
         return True
+
+
+def _position(consumer: Any, tp: Any) -> int | None:
+    """``tp``'s position if it is known (None while it is being reset)."""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        return int(state.position) if state is not None and state.has_valid_position else None
+    except (AttributeError, AssertionError):
+        return None
 
 
 def _record_options(

@@ -1,23 +1,21 @@
 """What both halves share: features, header names, the record codec (NestJS's
-``KafkaRequestSerializer`` and ``KafkaParser``), topic names and the topic admin."""
+``KafkaRequestSerializer`` and ``KafkaParser``), topic names, producing and closing."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, Final
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
 
 from polybus.abc import Features
-from polybus.errors import ConfigError, ProtocolError, TransportError
-from polybus.packets import MISSING
+from polybus.errors import ConfigError, PolybusError, ProtocolError, TransportError, describe_error
+from polybus.packets import DEADLINE_HEADER, MISSING
 from polybus.patterns import js_number
 from polybus.serializers import JSON, Serializer
-
-from ._options import KafkaOptions
 
 __all__ = [
     "CORRELATION_ID",
@@ -29,8 +27,11 @@ __all__ = [
     "REPLY_TOPIC",
     "TYPE_HINT",
     "Codec",
-    "TopicAdmin",
     "check_topic",
+    "close_quietly",
+    "cluster_reachable",
+    "fetched_batches",
+    "produce",
     "transport_error",
 ]
 
@@ -52,7 +53,7 @@ REPLY_TOPIC: Final = "kafka_replyTopic"
 REPLY_PARTITION: Final = "kafka_replyPartition"
 NEST_ERR: Final = "kafka_nest-err"
 NEST_IS_DISPOSED: Final = "kafka_nest-is-disposed"
-DEADLINE: Final = "x-polybus-deadline"
+DEADLINE: Final = DEADLINE_HEADER
 TYPE_HINT: Final = "x-polybus-type"
 KIND_JSON: Final = b"json"
 KIND_TEXT: Final = b"text"
@@ -60,6 +61,8 @@ KIND_BYTES: Final = b"bytes"
 KIND_NULL: Final = b"null"
 KIND_UNDEFINED: Final = b"undefined"
 DISPOSED_VALUE: Final = b"\x00"
+CLOSE_TIMEOUT: Final = 10.0
+"""Seconds a producer, consumer or admin client gets to close."""
 
 _LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}").fullmatch
 
@@ -83,10 +86,9 @@ def check_topic(route: str) -> str:
 def transport_error(action: str, exc: BaseException) -> TransportError | ProtocolError:
     """Map an aiokafka exception to polybus's error hierarchy."""
     name = type(exc).__name__
-    text = str(exc) or name
     if name in ("MessageSizeTooLargeError", "RecordTooLargeError", "RecordListTooLargeError"):
-        return ProtocolError(f"kafka: cannot {action}: message too large ({text})")
-    return TransportError(f"kafka: cannot {action}: {name}: {text}")
+        return ProtocolError(f"kafka: cannot {action}: message too large ({str(exc) or name})")
+    return TransportError(f"kafka: cannot {action}: {describe_error(exc)}")
 
 
 Headers = list[tuple[str, bytes]]
@@ -264,109 +266,67 @@ def partition_of(raw: bytes | None) -> int | None:
     return int(number)
 
 
-class TopicAdmin:
-    """Creates topics with the admin API (never relying on broker auto-creation) and
-    reads partition counts. One lazily started ``AIOKafkaAdminClient`` per transport."""
-
-    def __init__(self, options: KafkaOptions, role: str) -> None:
-        self._options = options
-        self._role = role
-        self._admin: Any = None
-        self._starting: asyncio.Lock | None = None
-        self._replication: int | None = options.replication_factor
-        self.created: set[str] = set()
-
-    async def _client(self) -> Any:
-        if self._admin is not None:
-            return self._admin
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-        async with self._starting:
-            if self._admin is None:
-                admin = AIOKafkaAdminClient(**self._options.client_kwargs(self._role))
-                try:
-                    await admin.start()
-                except Exception as exc:
-                    await _quietly(admin.close())
-                    raise transport_error(f"connect to {self._options.describe()}", exc) from exc
-                self._admin = admin
-        return self._admin
-
-    async def _replication_factor(self, admin: Any) -> int:
-        if self._replication is None:
-            try:
-                cluster = await admin.describe_cluster()
-                brokers = len(cluster.get("brokers") or ()) or 1
-            except Exception:
-                brokers = 1
-            self._replication = min(3, brokers)
-        return self._replication
-
-    async def ensure(self, topics: Iterable[str]) -> None:
-        """Create those of ``topics`` that do not exist (existing ones are left alone)."""
-        names = list(dict.fromkeys(topics))
-        if not names or not self._options.create_topics:
-            return
-        admin = await self._client()
-        options = self._options
-        replication = await self._replication_factor(admin)
-        config = dict(options.topic_config or {})
-        new = [
-            NewTopic(name, options.num_partitions, replication, topic_configs=config)
-            for name in names
-        ]
-        try:
-            response = await admin.create_topics(new, timeout_ms=options.request_timeout_ms)
-        except Exception as exc:
-            raise transport_error(f"create topics {names}", exc) from exc
-        for item in getattr(response, "topic_errors", ()):
-            name, code = item[0], item[1]
-            if code == 0:
-                self.created.add(name)
-            elif code == 36:  # TOPIC_ALREADY_EXISTS
-                pass
-            elif code in (29, 31):  # not authorized: the topic may exist anyway
-                log.debug("kafka: not authorized to create topic %s", name)
-            else:
-                message = item[2] if len(item) > 2 else ""
-                raise TransportError(
-                    f"kafka: cannot create topic {name!r}: error {code} {message or ''}"
-                )
-
-    async def partitions(self, topic: str) -> list[int]:
-        """Partition ids of an existing ``topic`` (after :meth:`ensure`)."""
-        admin = await self._client()
-        for attempt in range(50):
-            try:
-                described = await admin.describe_topics([topic])
-            except Exception as exc:
-                raise transport_error(f"describe topic {topic!r}", exc) from exc
-            for item in described:
-                if item.get("topic") == topic and item.get("error_code", 0) == 0:
-                    ids = sorted(p["partition"] for p in item.get("partitions") or ())
-                    if ids:
-                        return ids
-            await asyncio.sleep(min(0.01 * (attempt + 1), 0.2))
-        raise TransportError(f"kafka: topic {topic!r} has no partitions")
-
-    async def delete(self, topics: Iterable[str]) -> None:
-        names = list(topics)
-        if not names:
-            return
-        admin = await self._client()
-        try:
-            await admin.delete_topics(names, timeout_ms=self._options.request_timeout_ms)
-        except Exception as exc:
-            raise transport_error(f"delete topics {names}", exc) from exc
-
-    async def close(self) -> None:
-        admin, self._admin = self._admin, None
-        if admin is not None:
-            await _quietly(admin.close())
-
-
-async def _quietly(awaitable: Any) -> None:
+async def produce(
+    producer: Any,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+    partition: int | None,
+    timestamp: int | None,
+    *,
+    action: str,
+) -> asyncio.Future[Any]:
+    """Hand one record to aiokafka's ``producer``; the future resolves once the broker
+    has it. A failure to hand it over is a ``TransportError`` saying ``action topic``."""
+    if key is None and value is None:
+        key = b""  # aiokafka refuses a record with neither; NestJS peers ignore the key
     try:
-        await awaitable
+        future: asyncio.Future[Any] = await producer.send(
+            topic, value, key=key, partition=partition, timestamp_ms=timestamp, headers=headers
+        )
+    except PolybusError:
+        raise
     except Exception as exc:
-        log.debug("kafka: ignoring error while closing: %r", exc)
+        raise transport_error(f"{action} {topic!r}", exc) from exc
+    return future
+
+
+async def fetched_batches(
+    consumer: Any, what: str, retry_after: float
+) -> AsyncIterator[dict[Any, list[Any]]]:
+    """Every batch ``consumer.getmany()`` fetches (partition → records) until the consumer
+    stops; a failed fetch is logged as ``what`` and tried again after ``retry_after`` s."""
+    while True:
+        try:
+            batches: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=1000)
+        except ConsumerStoppedError:
+            return
+        except Exception as exc:
+            log.warning("kafka: %s failed: %r", what, exc)
+            await asyncio.sleep(retry_after)
+            continue
+        yield batches
+
+
+async def cluster_reachable(producer: Any) -> bool:
+    """Whether ``producer`` (None: closed) can reach at least one broker of the cluster."""
+    if producer is None:
+        return False
+    client = producer.client
+    for broker in list(client.cluster.brokers()):
+        try:
+            if await asyncio.wait_for(client.ready(broker.nodeId), 2.0):
+                return True
+        except (Exception, asyncio.TimeoutError):
+            continue
+    return False
+
+
+async def close_quietly(closing: Awaitable[Any]) -> None:
+    """Await ``closing`` (a ``stop()``/``close()``) for up to ``CLOSE_TIMEOUT`` seconds;
+    errors are only logged."""
+    try:
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+    except (Exception, asyncio.TimeoutError) as exc:
+        log.debug("kafka: error while closing: %r", exc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import ssl
 from collections.abc import Mapping
@@ -10,40 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from polybus.config import TransportOptions, redact_url
+from polybus.config import TransportOptions, redact_url, tls_client_context
 from polybus.errors import ConfigError
 
 __all__ = ["KafkaOptions"]
 
 log = logging.getLogger("polybus.kafka")
 
-_INT_FIELDS = frozenset(
-    {
-        "max_message_bytes",
-        "num_partitions",
-        "replication_factor",
-        "fetch_max_wait_ms",
-        "session_timeout_ms",
-        "heartbeat_interval_ms",
-        "rebalance_timeout_ms",
-        "request_timeout_ms",
-        "linger_ms",
-        "max_batch_size",
-        "reply_partition",
-        "max_partition_queue",
-        "commit_interval_ms",
-    }
-)
-_BOOL_FIELDS = frozenset(
-    {
-        "create_topics",
-        "from_beginning",
-        "ordered_events",
-        "keep_binary",
-        "ssl_check_hostname",
-        "type_hints",
-    }
-)
 _URL_ALIASES = {
     "ca": "ssl_cafile",
     "cafile": "ssl_cafile",
@@ -168,10 +140,10 @@ class KafkaOptions(TransportOptions):
                 )
         if brokers:
             overrides["brokers"] = brokers
-        for key, value in parse_qsl(query_part, keep_blank_values=True):
-            name = _URL_ALIASES.get(key, key)
-            overrides[name] = _coerce(name, value)
-        return cls().with_overrides(overrides)
+        query = dict(parse_qsl(query_part, keep_blank_values=True))
+        options = cls().with_overrides(overrides).with_query(query, _URL_ALIASES)
+        _acks(options.acks)  # a bad value fails here rather than at connect
+        return options
 
     @classmethod
     def from_nest(cls, options: Mapping[str, Any]) -> KafkaOptions:
@@ -309,23 +281,15 @@ class KafkaOptions(TransportOptions):
             return self.ssl_context
         if self.security_protocol not in ("SSL", "SASL_SSL"):
             return None
-        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        context = tls_client_context(
+            self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, self.ssl_password
+        )
         context.check_hostname = self.ssl_check_hostname
-        if self.ssl_certfile:
-            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, self.ssl_password)
         return context
 
     def describe(self) -> str:
         """``kafka://broker,...`` for reprs and errors (never credentials)."""
         return "kafka://" + ",".join(self.brokers)
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> KafkaOptions:
-        result = super().with_overrides(overrides)
-        if isinstance(result.brokers, str):
-            result = dataclasses.replace(
-                result, brokers=[b.strip() for b in result.brokers.split(",")]
-            )
-        return result
 
 
 def _acks(value: Any) -> int | str:
@@ -335,26 +299,6 @@ def _acks(value: Any) -> int | str:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"acks must be 0, 1, -1 or 'all', got {value!r}") from None
-
-
-def _coerce(name: str, value: str) -> Any:
-    if name in _INT_FIELDS or name == "acks":
-        if name == "acks" and value == "all":
-            return value
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"option {name} must be an integer, got {value!r}") from None
-    if name in _BOOL_FIELDS:
-        lowered = value.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"option {name} must be a boolean, got {value!r}")
-    if name == "brokers":
-        return [b.strip() for b in value.split(",") if b.strip()]
-    return value
 
 
 def _compression(value: Any) -> str:

@@ -21,14 +21,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
-from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
 
 from polybus.abc import Context, MessageSink, RouteSpec
 from polybus.errors import PolybusError, ProtocolError, TransportError
-from polybus.packets import MISSING, Reply
+from polybus.packets import MISSING, Reply, parse_deadline_value
 from polybus.serializers import Serializer
 
+from ._admin import TopicAdmin
 from ._common import (
+    CLOSE_TIMEOUT,
     CORRELATION_ID,
     DEADLINE,
     DISPOSED_VALUE,
@@ -39,9 +40,12 @@ from ._common import (
     REPLY_TOPIC,
     TYPE_HINT,
     Codec,
-    TopicAdmin,
     check_topic,
+    close_quietly,
+    cluster_reachable,
+    fetched_batches,
     partition_of,
+    produce,
     transport_error,
 )
 from ._options import KafkaOptions
@@ -51,7 +55,6 @@ __all__ = ["KafkaContext", "KafkaServerTransport"]
 log = logging.getLogger("polybus.kafka")
 
 _READY_TIMEOUT = 60.0
-_CLOSE_TIMEOUT = 10.0
 _WATCH_INTERVAL = 1.0
 _COMMIT_TIMEOUT = 5.0
 
@@ -196,7 +199,7 @@ class KafkaContext(Context):
 
     async def send_reply(self, reply: Reply) -> None:
         if self.reply_topic is not None:
-            await self._server._reply(self, reply)
+            await self._server._reply(self, self.reply_topic, reply)
 
     async def settle(self, ok: bool) -> None:
         if not self._settled:
@@ -317,7 +320,7 @@ class KafkaServerTransport:
         if consumer is not None:
             if producer is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(producer.flush(), _CLOSE_TIMEOUT)
+                    await asyncio.wait_for(producer.flush(), CLOSE_TIMEOUT)
                 await asyncio.sleep(0)  # delivery callbacks finish their records
             committer = self._committer
             if committer is not None:
@@ -331,9 +334,9 @@ class KafkaServerTransport:
                 if part.worker is not None:
                     part.worker.cancel()
             self._parts.clear()
-            await _stop(consumer)
+            await close_quietly(consumer.stop())
         if producer is not None:
-            await _stop(producer)
+            await close_quietly(producer.stop())
         await self._admin.close()
         self._sink = None
 
@@ -358,11 +361,15 @@ class KafkaServerTransport:
         parts = [_Partition(tp, ordered and self._kinds.get(tp.topic) == "event") for tp in tps]
         for part in parts:
             self._parts[part.tp] = part
+        # Bounded, like every commit: this runs inside the group's join, and aiokafka retries
+        # some errors forever (a topic gone with a broker's data), which would stall the group.
         try:
             positions: list[int | None] = list(
-                await asyncio.gather(*(consumer.position(tp) for tp in tps))
+                await asyncio.wait_for(
+                    asyncio.gather(*(consumer.position(tp) for tp in tps)), _COMMIT_TIMEOUT
+                )
             )
-        except Exception as exc:
+        except (Exception, asyncio.TimeoutError) as exc:
             log.warning("kafka: group %s: positions unknown: %r", self.group_id, exc)
             positions = [None] * len(tps)
         known = {tp: pos for tp, pos in zip(tps, positions, strict=True) if pos is not None}
@@ -370,8 +377,8 @@ class KafkaServerTransport:
             # A partition without committed offset gets one now: a record produced after
             # listen() returned is handled even if the partition moves before it is read.
             try:
-                await consumer.commit(known)
-            except Exception as exc:
+                await asyncio.wait_for(consumer.commit(known), _COMMIT_TIMEOUT)
+            except (Exception, asyncio.TimeoutError) as exc:
                 log.warning("kafka: group %s: commit on assignment failed: %r", self.group_id, exc)
         loop = asyncio.get_running_loop()
         for part, position in zip(parts, positions, strict=True):
@@ -390,10 +397,21 @@ class KafkaServerTransport:
         for part in parts:
             part.queue.clear()
             part.notify()
+        consumer = self._consumer
+        # The coordinator forgot this member (a session that expired, a broker that lost its
+        # state): the partitions are lost, not revoked. A commit would be refused, so none is
+        # waited for; the topics are made sure of before the group is joined again.
+        lost = _membership_lost(consumer)
+        if lost:
+            log.warning(
+                "kafka: group %s: the coordinator no longer knows this member; rejoining",
+                self.group_id,
+            )
+            await self._ensure_topics()
         busy = []
         loop = asyncio.get_running_loop()
         for part in parts:
-            if part.pending:
+            if part.pending and not lost:
                 part.drained = loop.create_future()
                 busy.append(part.drained)
         if busy:
@@ -403,8 +421,7 @@ class KafkaServerTransport:
             part.active = False
             if part.worker is not None:
                 part.worker.cancel()
-        consumer = self._consumer
-        if consumer is not None:
+        if consumer is not None and not lost:
             await self._commit([p for p in parts if p.commit_at > p.committed], consumer)
         log.debug(
             "kafka: group %s revoked %s",
@@ -418,15 +435,8 @@ class KafkaServerTransport:
         consumer = self._consumer
         parts = self._parts
         limit = self.options.max_partition_queue
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=1000)
-            except ConsumerStoppedError:
-                return
-            except Exception as exc:
-                log.warning("kafka: group %s: fetching failed: %r", self.group_id, exc)
-                await asyncio.sleep(0.5)
-                continue
+        what = f"group {self.group_id}: fetching"
+        async for batches in fetched_batches(consumer, what, 0.5):
             for tp, records in batches.items():
                 part = parts.get(tp)
                 if part is None or not part.active or not records:
@@ -486,8 +496,7 @@ class KafkaServerTransport:
                 elif name == REPLY_PARTITION:
                     reply_partition = raw
                 elif name == DEADLINE and raw:
-                    with contextlib.suppress(ValueError):
-                        deadline = float(raw)
+                    deadline = parse_deadline_value(raw)
             data = codec.decode_data(record.value, kind)
             key = codec.parse(record.key) if record.key else None
         except ProtocolError as exc:
@@ -508,7 +517,7 @@ class KafkaServerTransport:
 
     # -- replies and commits ------------------------------------------------------------
 
-    async def _reply(self, context: KafkaContext, reply: Reply) -> None:
+    async def _reply(self, context: KafkaContext, topic: str, reply: Reply) -> None:
         producer = self._producer
         if producer is None:
             raise TransportError("kafka server is closed")
@@ -521,20 +530,11 @@ class KafkaServerTransport:
             headers.append((NEST_IS_DISPOSED, DISPOSED_VALUE))
         if context.reply_partition is not None:
             partition = context.reply_partition
-        limit = self.options.max_message_bytes
-        if value is not None and len(value) > limit:
-            raise ProtocolError(f"reply of {len(value)} bytes exceeds max_message_bytes={limit}")
-        if key is None and value is None:
-            key = b""
-        topic = context.reply_topic
-        try:
-            future = await producer.send(
-                topic, value, key=key, partition=partition, timestamp_ms=timestamp, headers=headers
-            )
-        except PolybusError:
-            raise
-        except Exception as exc:
-            raise transport_error(f"reply to {topic!r}", exc) from exc
+        if value is not None:
+            self.options.check_size(value, "reply")
+        future = await produce(
+            producer, topic, key, value, headers, partition, timestamp, action="reply to"
+        )
         # Delivery is awaited by settle(): the offset is committed once the replies are out.
         if context._sends is None:
             context._sends = [future]
@@ -617,7 +617,7 @@ class KafkaServerTransport:
         lost = False
         while True:
             await asyncio.sleep(_WATCH_INTERVAL)
-            reachable = await self._reachable()
+            reachable = await cluster_reachable(self._producer)
             if not reachable:
                 if not lost:
                     lost = True
@@ -627,46 +627,44 @@ class KafkaServerTransport:
                         self.options.describe(),
                     )
                 continue
+            consumer = self._consumer
+            if consumer is None:
+                return
             if lost:
                 lost = False
                 log.info(
                     "kafka: group %s reconnected to %s", self.group_id, self.options.describe()
                 )
-            consumer = self._consumer
-            if consumer is None:
-                return
-            if all(consumer.partitions_for_topic(topic) for topic in self._kinds):
+            elif all(consumer.partitions_for_topic(topic) for topic in self._kinds):
                 continue
-            kinds = self._kinds
-            try:
-                await self._admin.ensure(
-                    [*kinds, *(t + ".reply" for t, k in kinds.items() if k == "message")]
-                )
-            except PolybusError as exc:
-                log.warning("kafka: re-creating topics failed: %s", exc)
-            client = getattr(consumer, "_client", None)
-            if client is not None:
-                client.force_metadata_update()
+            # after a reconnect too: the broker may have come back without its data
+            await self._ensure_topics()
 
-    async def _reachable(self) -> bool:
-        producer = self._producer
-        if producer is None:
-            return False
-        client = producer.client
-        for broker in list(client.cluster.brokers()):
-            try:
-                if await asyncio.wait_for(client.ready(broker.nodeId), 2.0):
-                    return True
-            except (Exception, asyncio.TimeoutError):
-                continue
-        return False
+    async def _ensure_topics(self) -> None:
+        """Create the topics of this server again where they are gone (bounded), then
+        refresh the consumer's metadata so that the group's assignment covers them."""
+        kinds = self._kinds
+        try:
+            await asyncio.wait_for(
+                self._admin.ensure(
+                    [*kinds, *(t + ".reply" for t, k in kinds.items() if k == "message")]
+                ),
+                _COMMIT_TIMEOUT,
+            )
+        except (PolybusError, asyncio.TimeoutError) as exc:
+            log.warning("kafka: group %s: re-creating topics failed: %r", self.group_id, exc)
+        client = getattr(self._consumer, "_client", None)
+        if client is not None:
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(client.force_metadata_update(), _COMMIT_TIMEOUT)
 
     def __repr__(self) -> str:
         return f"KafkaServerTransport({self.options.describe()}, group={self.group_id!r})"
 
 
-async def _stop(part: Any) -> None:
-    try:
-        await asyncio.wait_for(part.stop(), _CLOSE_TIMEOUT)
-    except (Exception, asyncio.TimeoutError) as exc:
-        log.debug("kafka: error while closing: %r", exc)
+def _membership_lost(consumer: Any) -> bool:
+    """Whether the group coordinator reset this member (unknown member id, stale
+    generation): aiokafka then rejoins with no generation (-1)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    generation = getattr(coordinator, "generation", None)
+    return isinstance(generation, int) and generation < 0

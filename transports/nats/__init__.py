@@ -1,0 +1,39 @@
+"""NATS transport (``nats://host:4222``, ``tls://`` for TLS), wire-compatible with NestJS.
+
+PROTOCOL.md §4: the subject is the route string; the body is the NestJS JSON envelope
+(``{"pattern": raw, "data", "id"}``, events without ``id`` and without reply subject); a
+server publishes every reply packet to the request's reply subject.
+
+Client: one connection and ONE wildcard inbox subscription (``_INBOX.<nuid>.>``); each
+request goes out with reply subject ``_INBOX.<nuid>.<request id>`` and replies are
+correlated by that last token (a NestJS server answers whatever reply subject it got).
+When nobody subscribes to the subject the NATS server answers the inbox with an empty
+``503`` status message, which becomes :class:`~polybus.errors.NoRespondersError` (NestJS:
+``EmptyResponseException``). Writes are buffered by nats-py and flushed once per
+event-loop iteration. nats-py reconnects by itself and restores subscriptions; pending
+requests fail as soon as the connection drops.
+
+Server: one subscription per handler route (the route is what it dispatches on, wildcards
+included), no queue group unless ``queue`` is set (server option, or per handler:
+``@app.message_pattern(p, queue="q")``), replies without headers like NestJS.
+"""
+
+from __future__ import annotations
+
+from polybus.config import TransportPlugin
+
+from ._client import NatsClientTransport
+from ._common import FEATURES
+from ._options import NatsOptions
+from ._server import NatsContext, NatsServerTransport
+
+__all__ = [
+    "FEATURES",
+    "PLUGIN",
+    "NatsClientTransport",
+    "NatsContext",
+    "NatsOptions",
+    "NatsServerTransport",
+]
+
+PLUGIN = TransportPlugin("NATS", NatsOptions, NatsClientTransport, NatsServerTransport)

@@ -1,0 +1,143 @@
+"""What both halves share: the features, the connection with its callbacks, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+
+from nats import errors as nats_errors
+from nats.aio.client import Client as NatsClient
+
+from polybus.abc import Features
+from polybus.errors import ConfigError, ProtocolError, TransportError, describe_error
+
+from ._options import NatsOptions
+
+__all__ = [
+    "FEATURES",
+    "ConnectionCallbacks",
+    "close_connection",
+    "open_connection",
+    "publish_error",
+]
+
+log = logging.getLogger("polybus.nats")
+
+_RESTART = (
+    "start-stop-daemon --stop --oknodo --retry 5 --exec /usr/sbin/nats-server"
+    " && start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server"
+    " -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
+)
+
+FEATURES = Features(
+    name="nats",
+    unknown_pattern="no_responders",
+    broadcast=True,
+    queue_groups=True,
+    headers=True,
+    restart_command=("sh", "-c", _RESTART),
+    notes={
+        "payload_1mib": "a 1 MiB payload plus its envelope exceeds the NATS server's default "
+        "max_payload (1 MiB, raised only in the server's config file); "
+        "tests/integration/test_nats.py checks fidelity up to that limit",
+    },
+)
+
+
+class ConnectionCallbacks:
+    """nats-py connection callbacks; subclasses report what they need."""
+
+    _closing = False
+
+    async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats_errors.SlowConsumerError):
+            log.warning("NATS slow consumer on %r: message dropped", exc.subject)
+        elif isinstance(exc, (OSError, asyncio.TimeoutError, nats_errors.StaleConnectionError)):
+            log.debug("NATS connection error: %r", exc)
+        elif not self._closing:
+            log.warning("NATS error: %r", exc)
+
+    async def _on_disconnected(self) -> None:
+        pass
+
+    async def _on_reconnected(self) -> None:
+        pass
+
+    async def _on_closed(self) -> None:
+        pass
+
+
+async def open_connection(options: NatsOptions, owner: ConnectionCallbacks) -> NatsClient:
+    """Connect, failing fast when no server answers; reconnect forever afterwards."""
+    nc = NatsClient()
+    try:
+        await nc.connect(
+            servers=list(options.servers),
+            error_cb=owner._on_error,
+            disconnected_cb=owner._on_disconnected,
+            reconnected_cb=owner._on_reconnected,
+            closed_cb=owner._on_closed,
+            name=options.name,
+            allow_reconnect=True,
+            connect_timeout=options.connect_timeout,  # type: ignore[arg-type]
+            reconnect_time_wait=options.reconnect_time_wait,  # type: ignore[arg-type]
+            # nats-py's first connect retries each server this many more times, then gives up
+            max_reconnect_attempts=1,
+            ping_interval=options.ping_interval,  # type: ignore[arg-type]
+            max_outstanding_pings=options.max_outstanding_pings,
+            flusher_queue_size=options.flusher_queue_size,
+            no_echo=options.no_echo,
+            tls=options.client_ssl(),
+            tls_hostname=options.tls_hostname,
+            user=options.user,
+            password=options.password,
+            token=options.token,
+            user_credentials=options.creds_file,
+            inbox_prefix=options.inbox_prefix,
+            pending_size=options.pending_size,
+        )
+    except (nats_errors.Error, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        cause = (
+            nc.last_error if isinstance(exc, nats_errors.NoServersError) and nc.last_error else exc
+        )
+        owner._closing = True
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise TransportError(
+            f"cannot connect to NATS at {options.describe()}: {describe_error(cause)}"
+        ) from exc
+    # Once connected, reconnect as configured (forever by default; 0: never).
+    nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
+    if options.max_reconnect_attempts == 0:
+        nc.options["allow_reconnect"] = False
+    return nc
+
+
+def publish_error(exc: Exception, subject: str, nc: NatsClient, size: int) -> Exception:
+    if isinstance(exc, nats_errors.MaxPayloadError):
+        return ProtocolError(
+            f"message of {size} bytes exceeds the NATS server's max_payload "
+            f"of {nc.max_payload} bytes"
+        )
+    if isinstance(exc, nats_errors.BadSubjectError):
+        return ConfigError(
+            f"{subject!r} is not a valid NATS subject (no spaces; '.' splits tokens)"
+        )
+    if isinstance(exc, nats_errors.BadHeaderError):
+        return ProtocolError(f"invalid NATS header name: {exc}")
+    if isinstance(exc, nats_errors.OutboundBufferLimitError):
+        return TransportError("NATS connection lost and the outgoing buffer is full")
+    if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.ConnectionDrainingError)):
+        return TransportError("NATS connection is closed")
+    return TransportError(f"NATS publish to {subject!r} failed: {describe_error(exc)}")
+
+
+async def close_connection(nc: NatsClient | None) -> None:
+    """Close ``nc`` unless it is closed already; errors are only logged (best effort)."""
+    if nc is not None and not nc.is_closed:
+        try:
+            await nc.close()
+        except (nats_errors.Error, OSError) as exc:  # pragma: no cover - best effort
+            log.debug("error while closing the NATS connection: %r", exc)

@@ -1,0 +1,43 @@
+"""RabbitMQ transport (``amqp://`` / ``amqps://``), wire-compatible with NestJS ``Transport.RMQ``.
+
+PROTOCOL.md §5: one durable work queue per service carries every request and event;
+requests go to the default exchange with routing key = the queue, ``correlation_id`` = the
+request id and ``reply_to = amq.rabbitmq.reply-to`` (direct reply-to); replies come back
+without ``id`` in the body and are matched by ``correlation_id``.
+
+Built on aio-pika's robust connection (reconnects with backoff and reopens the channel;
+the queue declaration and our consumers are restored on the new channel). The hot path
+talks to aio-pika's underlying aiormq channel: publishes are marshalled with pamqp and
+written through the channel's connection write queue, every publish made in one
+event-loop iteration in one write (corking), without publisher confirms unless the
+``publisher_confirms`` option asks for them; consumers are plain aiormq consumers that get
+the raw ``DeliveredMessage`` (the aio-pika ``IncomingMessage`` is built only if a handler
+asks for ``context.message``).
+
+URL: ``amqp://user:pass@host:5672/vhost?queue=orders&prefetch_count=50&no_ack=false``;
+``amqps://`` takes ``ca_file``/``cert_file``/``key_file`` (also ``ca``/``cert``/``key``).
+"""
+
+from __future__ import annotations
+
+from polybus.config import TransportPlugin
+from polybus.packets import DEADLINE_HEADER
+
+from ._client import RmqClientTransport
+from ._common import DEFAULT_SERVER_PREFETCH, DIRECT_REPLY_TO, FEATURES
+from ._options import RmqOptions
+from ._server import RmqContext, RmqServerTransport
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "DEFAULT_SERVER_PREFETCH",
+    "DIRECT_REPLY_TO",
+    "FEATURES",
+    "PLUGIN",
+    "RmqClientTransport",
+    "RmqContext",
+    "RmqOptions",
+    "RmqServerTransport",
+]
+
+PLUGIN = TransportPlugin("RMQ", RmqOptions, RmqClientTransport, RmqServerTransport)

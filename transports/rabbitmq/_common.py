@@ -1,0 +1,47 @@
+"""What both halves share: the features, names, and the mapping of aio-pika's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from polybus.abc import Features
+from polybus.errors import TransportError, describe_error
+
+__all__ = [
+    "DEFAULT_SERVER_PREFETCH",
+    "DIRECT_REPLY_TO",
+    "FEATURES",
+    "connection_errors",
+    "transport_error",
+]
+
+log = logging.getLogger("polybus.rabbitmq")
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+DEFAULT_SERVER_PREFETCH = 100
+"""Server prefetch when none is given; it only matters with ``no_ack=False`` (RabbitMQ
+ignores prefetch for auto-ack consumers). NestJS uses 0 (unlimited)."""
+
+FEATURES = Features(
+    name="rabbitmq",
+    unknown_pattern="error",
+    competing_consumers=True,
+    durable_events=True,
+    headers=True,
+    isolation_option="queue",
+    durable_options={"no_ack": False},
+    restart_command=("sh", "-c", "rabbitmqctl stop_app && rabbitmqctl start_app"),
+)
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions by which aio-pika reports a failed connection, channel or timeout
+    (imported on first use: importing polybus must not import aio-pika)."""
+    import aio_pika
+
+    return (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
+
+
+def transport_error(what: str, exc: BaseException) -> TransportError:
+    return TransportError(f"RabbitMQ {what} failed: {describe_error(exc)}")

@@ -1,0 +1,259 @@
+"""The link: one robust connection, one channel, and a corked publisher on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from polybus.config import redact_url
+from polybus.errors import TransportError
+
+from ._common import connection_errors, log, transport_error
+from ._frames import Properties, append_body_frames, settle_frame
+from ._options import RmqOptions
+
+if TYPE_CHECKING:
+    import aio_pika.abc
+
+__all__ = ["Link"]
+
+
+class Link:
+    """A robust connection with one channel (``channel``: aio-pika; ``raw``: aiormq).
+
+    ``on_lost(exc)`` runs when the channel closes without us asking (connection drop,
+    channel error); ``on_restored(raw)`` after the channel was reopened (queue declared,
+    qos set): consumers are re-registered there before the link is marked ready again.
+    """
+
+    def __init__(
+        self,
+        options: RmqOptions,
+        prefetch: int,
+        on_lost: Callable[[BaseException | None], None],
+        on_restored: Callable[[Any], Awaitable[None]],
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.options = options
+        self._prefetch = prefetch
+        self._on_lost = on_lost
+        self._on_restored = on_restored
+        self._on_ready = on_ready
+        self.connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self.channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self.raw: Any = None
+        self.ready = asyncio.Event()
+        self.closing = False
+        self._out: list[bytes] = []
+        self._out_drain: asyncio.Future[None] | None = None
+        self._draining: set[asyncio.Future[None]] = set()
+        self._method_cache: dict[str, bytes] = {}
+        self._url = options.urls[0]
+
+    @property
+    def url(self) -> str:
+        return redact_url(self._url)
+
+    async def open(self) -> None:
+        import aio_pika
+
+        options = self.options
+        errors: list[str] = []
+        for url in options.urls:
+            try:
+                self.connection = await asyncio.wait_for(
+                    aio_pika.connect_robust(
+                        options.connection_url(url),
+                        ssl_context=options.client_ssl(),
+                        reconnect_interval=options.reconnect_interval,
+                        timeout=options.connect_timeout,
+                    ),
+                    options.connect_timeout + 1,
+                )
+            except connection_errors() as exc:
+                errors.append(f"{redact_url(url)}: {type(exc).__name__}: {exc}")
+                continue
+            self._url = url
+            break
+        else:
+            raise TransportError(f"cannot connect to RabbitMQ: {'; '.join(errors)}")
+        try:
+            channel = self.channel = self.connection.channel(
+                publisher_confirms=options.publisher_confirms
+            )
+            await channel.initialize()
+            await channel.set_qos(
+                prefetch_count=self._prefetch, global_=options.is_global_prefetch_count
+            )
+            if not options.no_assert:
+                durable, exclusive, auto_delete, arguments = options.declare_arguments()
+                await channel.declare_queue(
+                    options.queue,
+                    durable=durable,
+                    exclusive=exclusive,
+                    auto_delete=auto_delete,
+                    arguments=arguments,
+                )
+            self.raw = await channel.get_underlay_channel()
+            await self._on_restored(self.raw)
+        except connection_errors() as exc:
+            await self.close()
+            raise transport_error(f"setup of queue {options.queue!r} on {self.url}", exc) from exc
+        channel.close_callbacks.add(self._channel_closed)
+        channel.reopen_callbacks.add(self._channel_reopened)
+        self.ready.set()
+
+    def _channel_closed(self, _channel: Any, exc: BaseException | None) -> None:
+        was_ready = self.ready.is_set()
+        self.ready.clear()
+        self._out.clear()
+        self._fail_drains()
+        if was_ready and not self.closing:
+            self._on_lost(exc)
+
+    def _lost_error(self) -> TransportError:
+        if self.closing:
+            return TransportError("RabbitMQ transport closed")
+        return TransportError(f"RabbitMQ connection to {self.url} was lost")
+
+    def _fail_drains(self) -> None:
+        pending = list(self._draining)
+        if self._out_drain is not None:
+            pending.append(self._out_drain)
+            self._out_drain = None
+        self._draining.clear()
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(self._lost_error())
+
+    async def _channel_reopened(self, channel: Any) -> None:
+        if self.closing:
+            return
+        try:
+            self.raw = await channel.get_underlay_channel()
+            self._method_cache.clear()
+            await self._on_restored(self.raw)
+        except Exception as exc:
+            log.warning("RabbitMQ channel reopened on %s but setup failed: %s", self.url, exc)
+            return
+        self.ready.set()
+        if self._on_ready is not None:
+            self._on_ready()
+
+    async def wait_ready(self) -> Any:
+        """The aiormq channel, waiting up to ``connect_timeout`` while reconnecting."""
+        if self.closing:
+            raise TransportError("RabbitMQ transport is closed")
+        try:
+            await asyncio.wait_for(self.ready.wait(), self.options.connect_timeout)
+        except asyncio.TimeoutError:
+            raise TransportError(f"RabbitMQ connection to {self.url} is down") from None
+        if self.closing:
+            raise TransportError("RabbitMQ transport is closed")
+        return self.raw
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish(self, routing_key: str, body: bytes, props: Properties) -> None:
+        """Queue one publish to the default exchange; it leaves with this iteration's batch."""
+        raw = self.raw
+        if raw.is_closed:
+            raise self._lost_error()
+        number: int = raw.number
+        method = self._method_cache.get(routing_key)
+        if method is None:
+            method = self._method_frame(routing_key, number)
+        out = self._out
+        if not out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        out.append(method)
+        out.append(props.header_frame(number, len(body)))
+        append_body_frames(out, number, body, raw.max_content_size)
+
+    def settle(self, raw: Any, tag: int, ok: bool, requeue: bool = False) -> bool:
+        """Queue an ack (``ok``) or a nack of a delivery on ``raw``; False if it is gone."""
+        if raw is not self.raw or raw.is_closed:
+            return False  # the broker requeued it when that channel closed
+        out = self._out
+        if not out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        out.append(settle_frame(raw.number, tag, ok, requeue))
+        return True
+
+    def _method_frame(self, routing_key: str, number: int) -> bytes:
+        from pamqp.commands import Basic
+        from pamqp.frame import marshal
+
+        if len(self._method_cache) > 1024:
+            self._method_cache.clear()
+        method = marshal(Basic.Publish(exchange="", routing_key=routing_key), number)
+        self._method_cache[routing_key] = method
+        return method
+
+    async def drain(self) -> None:
+        """Wait until the current batch was written to the socket."""
+        if not self._out:
+            return
+        fut = self._out_drain
+        if fut is None:
+            fut = self._out_drain = asyncio.get_running_loop().create_future()
+        await fut
+
+    def _flush(self) -> None:
+        from aiormq.abc import ChannelFrame
+
+        out, self._out = self._out, []
+        drain, self._out_drain = self._out_drain, None
+        raw = self.raw
+        if not out or raw is None or raw.is_closed:
+            if drain is not None and not drain.done():
+                drain.set_exception(self._lost_error())
+            return
+        if drain is not None:  # failed by _channel_closed if the writer never gets to it
+            self._draining.add(drain)
+            drain.add_done_callback(self._draining.discard)
+        frame = ChannelFrame(payload=b"".join(out), should_close=False, drain_future=drain)
+        queue = raw.write_queue
+        try:
+            queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            asyncio.get_running_loop().create_task(queue.put(frame))
+
+    async def publish_confirmed(self, routing_key: str, body: bytes, props: Properties) -> None:
+        """The aiormq path: waits for the broker's confirm when the channel confirms."""
+        await self.raw.basic_publish(
+            body, routing_key=routing_key, properties=props.to_pamqp(), mandatory=False
+        )
+
+    # -- cleanup -------------------------------------------------------------------------
+
+    async def delete_queue(self) -> None:
+        import aio_pika
+
+        channel = self.channel
+        if channel is None or channel.is_closed or not self.ready.is_set():
+            connection = await aio_pika.connect(
+                self.options.connection_url(self._url),
+                ssl_context=self.options.client_ssl(),
+                timeout=self.options.connect_timeout,
+            )
+            try:
+                temp = await connection.channel()
+                await temp.queue_delete(self.options.queue)
+            finally:
+                await connection.close()
+            return
+        await channel.queue_delete(self.options.queue)
+
+    async def close(self) -> None:
+        self.closing = True
+        self.ready.clear()
+        if self._out and self.raw is not None and not self.raw.is_closed:
+            self._flush()
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        self._fail_drains()

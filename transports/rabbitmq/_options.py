@@ -1,0 +1,147 @@
+"""RabbitMQ options: ``amqp://user:pass@host:5672/vhost?queue=orders&...``, NestJS ``options``.
+
+``amqps://`` takes ``ca_file``/``cert_file``/``key_file`` (also ``ca``/``cert``/``key``).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from polybus.config import (
+    TLS_FILE_ALIASES,
+    TransportOptions,
+    snake_case,
+    split_url,
+    tls_client_context,
+    url_query,
+)
+from polybus.errors import ConfigError
+
+from ._common import DIRECT_REPLY_TO
+
+__all__ = ["RmqOptions"]
+
+# amqplib's assertQueue shorthands → queue arguments (they win over ``arguments``).
+_QUEUE_ARGUMENTS = {
+    "message_ttl": "x-message-ttl",
+    "expires": "x-expires",
+    "dead_letter_exchange": "x-dead-letter-exchange",
+    "dead_letter_routing_key": "x-dead-letter-routing-key",
+    "max_length": "x-max-length",
+    "max_priority": "x-max-priority",
+    "overflow": "x-overflow",
+    "queue_mode": "x-queue-mode",
+}
+
+_URL_ALIASES = {**TLS_FILE_ALIASES, "name": "connection_name"}
+
+
+@dataclass
+class RmqOptions(TransportOptions):
+    """Options of both halves. ``urls`` may hold credentials: never shown in reprs."""
+
+    urls: list[str] = field(default_factory=lambda: ["amqp://localhost:5672/"], repr=False)
+    queue: str = ""
+    queue_options: dict[str, Any] = field(default_factory=dict)
+    """As NestJS ``queueOptions``: ``durable`` (default True), ``exclusive``, ``auto_delete``,
+    ``arguments`` and amqplib's shorthands (``message_ttl``, ``max_priority``...)."""
+    no_assert: bool = False
+    prefetch_count: int | None = None
+    """``basic.qos`` prefetch; default 0 for clients, 100 for servers."""
+    is_global_prefetch_count: bool = False
+    no_ack: bool = True
+    """Server: consume with auto-ack (NestJS default). ``False``: ack after the handler
+    succeeded, reject without requeue when it failed or had no handler."""
+    persistent: bool = False
+    headers: dict[str, str] | None = None
+    reply_queue: str = DIRECT_REPLY_TO
+    publisher_confirms: bool = False
+    """Wait for the broker's confirm on every publish (slower; off like NestJS)."""
+    heartbeat: int = 5
+    reconnect_interval: float = 1.0
+    connect_timeout: float = 10.0
+    connection_name: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> RmqOptions:
+        parts = split_url(url, ("amqp", "amqps"))
+        options = cls(urls=[parts._replace(query="", fragment="").geturl()])
+        return options.with_query(url_query(parts), _URL_ALIASES)
+
+    @classmethod
+    def from_nest(cls, options: Mapping[str, Any]) -> RmqOptions:
+        options = dict(options)
+        urls = options.pop("urls", None)
+        socket = options.pop("socketOptions", None) or options.pop("socket_options", None) or {}
+        for unsupported in (
+            "exchange",
+            "exchangeType",
+            "routingKey",
+            "wildcards",
+            "exchangeArguments",
+        ):
+            if options.get(unsupported):
+                raise ConfigError(f"the RabbitMQ option {unsupported!r} is not supported yet")
+            options.pop(unsupported, None)
+        result = cls().with_overrides(options)
+        if urls is not None:
+            if isinstance(urls, str):
+                urls = [urls]
+            if not urls or not all(isinstance(u, str) for u in urls):
+                raise ConfigError("RabbitMQ urls must be a list of amqp:// URL strings")
+            for u in urls:
+                split_url(u, ("amqp", "amqps"))
+            result.urls = list(urls)
+        names = {
+            "heartbeatIntervalInSeconds": "heartbeat",
+            "reconnectTimeInSeconds": "reconnect_interval",
+        }
+        socket_options: dict[str, Any] = dict(socket)
+        result = result.with_overrides({names.get(k, k): v for k, v in socket_options.items()})
+        return result
+
+    def declare_arguments(self) -> tuple[bool, bool, bool, dict[str, Any] | None]:
+        """``(durable, exclusive, auto_delete, arguments)`` as amqplib's assertQueue does."""
+        flags = {"durable": True, "exclusive": False, "auto_delete": False}
+        arguments: dict[str, Any] = {}
+        shorthand: dict[str, Any] = {}
+        for key, value in self.queue_options.items():
+            name = snake_case(key)
+            if name in flags:
+                flags[name] = bool(value)
+            elif name == "arguments":
+                arguments.update(value or {})
+            elif name in _QUEUE_ARGUMENTS:
+                if value is not None:
+                    shorthand[_QUEUE_ARGUMENTS[name]] = value
+            else:
+                raise ConfigError(f"unknown RabbitMQ queue option {key!r}")
+        arguments.update(shorthand)
+        return flags["durable"], flags["exclusive"], flags["auto_delete"], arguments or None
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        if self.ssl_context is not None:
+            return self.ssl_context
+        if not (self.ca_file or self.cert_file):
+            return None
+        return tls_client_context(self.ca_file, self.cert_file, self.key_file)
+
+    def connection_url(self, url: str) -> str:
+        """The URL handed to aio-pika: ours plus the aiormq query parameters."""
+        query: dict[str, str] = {"heartbeat": str(self.heartbeat)}
+        if self.connection_name:
+            query["name"] = self.connection_name
+        return f"{url}?{urlencode(query)}"
+
+    def validate(self) -> None:
+        if not self.queue:
+            raise ConfigError("the RabbitMQ transport needs a queue (URL ?queue=... or queue=...)")
+        self.declare_arguments()

@@ -1,0 +1,249 @@
+"""The server half: consumes the service queue; replies go to each request's ``reply_to``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from polybus.abc import Context, MessageSink, RouteSpec
+from polybus.config import redact_url
+from polybus.errors import ProtocolError, TransportError
+from polybus.packets import Reply, decode_incoming, encode_reply, parse_deadline
+from polybus.serializers import Serializer
+
+from ._common import DEFAULT_SERVER_PREFETCH, FEATURES, connection_errors, log, transport_error
+from ._frames import Properties
+from ._link import Link
+from ._options import RmqOptions
+
+if TYPE_CHECKING:
+    import aio_pika.abc
+    from aiormq.abc import DeliveredMessage
+    from pamqp.commands import Basic
+
+__all__ = ["RmqContext", "RmqServerTransport"]
+
+
+class RmqContext(Context):
+    """Context of a RabbitMQ message.
+
+    - ``delivered``: the raw aiormq ``DeliveredMessage``; ``properties``: its AMQP properties
+    - ``message``: the aio-pika ``IncomingMessage`` (built on first access)
+    - ``channel``: the aio-pika channel the message arrived on
+    - ``headers``: the AMQP headers as strings; ``reply_to``, ``correlation_id``
+    - ``ack()`` / ``nack(requeue=False)``: settle the message yourself (only with the server
+      option ``no_ack=False``; no-ops otherwise). Without them, the server acks once the
+      handler succeeded and rejects (no requeue) when it failed.
+    """
+
+    __slots__ = ("_message", "_server", "_settled", "correlation_id", "delivered", "reply_to")
+    transport_name = "rmq"
+
+    def __init__(
+        self,
+        pattern: Any,
+        data: Any,
+        id: Any,
+        headers: dict[str, str] | None,
+        deadline: float | None,
+        delivered: DeliveredMessage,
+        server: RmqServerTransport,
+    ) -> None:
+        super().__init__(pattern, data, id, headers, deadline)
+        self.delivered = delivered
+        props = delivered.header.properties
+        self.reply_to: str | None = props.reply_to
+        self.correlation_id: str | None = props.correlation_id
+        self._server = server
+        self._message: aio_pika.abc.AbstractIncomingMessage | None = None
+        self._settled = server.options.no_ack
+
+    @property
+    def properties(self) -> Basic.Properties:
+        return self.delivered.header.properties
+
+    @property
+    def message(self) -> aio_pika.abc.AbstractIncomingMessage:
+        if self._message is None:
+            from aio_pika import IncomingMessage
+
+            self._message = IncomingMessage(self.delivered, no_ack=self._server.options.no_ack)
+        return self._message
+
+    @property
+    def channel(self) -> aio_pika.abc.AbstractChannel | None:
+        return self._server._link.channel if self._server._link else None
+
+    def _claim(self) -> bool:
+        if self._settled or (self._message is not None and self._message.processed):
+            return False
+        self._settled = True
+        return not self.delivered.channel.is_closed
+
+    async def ack(self) -> None:
+        if self._claim():
+            await self._settle(True, False)
+
+    async def nack(self, requeue: bool = False) -> None:
+        if self._claim():
+            await self._settle(False, requeue)
+
+    async def _settle(self, ok: bool, requeue: bool) -> None:
+        link = self._server._link
+        delivered = self.delivered
+        if link is not None:
+            link.settle(delivered.channel, delivered.delivery_tag or 0, ok, requeue)
+
+    async def settle(self, ok: bool) -> None:
+        if self._claim():
+            await self._settle(ok, False)
+
+    async def send_reply(self, reply: Reply) -> None:
+        reply_to = self.reply_to
+        if reply_to is None:
+            return
+        server = self._server
+        body = server.options.check_size(encode_reply(server._serializer, reply, with_id=False))
+        await server._reply(reply_to, self.correlation_id, body)
+
+
+class RmqServerTransport:
+    """Consumes the service queue; replies go to each request's ``reply_to``."""
+
+    features = FEATURES
+
+    def __init__(self, options: RmqOptions, serializer: Serializer) -> None:
+        options.validate()
+        self.options = options
+        self._serializer = serializer
+        self._sink: MessageSink | None = None
+        self._link: Link | None = None
+        self._consumer_tag: str | None = None
+        self._stopping = False
+        self._last_link: Link | None = None
+
+    async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
+        self._sink = sink
+        self._stopping = False
+        prefetch = self.options.prefetch_count
+        link = Link(
+            self.options,
+            DEFAULT_SERVER_PREFETCH if prefetch is None else prefetch,
+            self._lost,
+            self._consume,
+        )
+        self._link = link
+        try:
+            await link.open()
+        except BaseException:
+            self._link = None
+            raise
+
+    async def _consume(self, raw: Any) -> None:
+        if self._stopping:
+            return
+        ok = await raw.basic_consume(
+            self.options.queue, self._on_message, no_ack=self.options.no_ack
+        )
+        self._consumer_tag = ok.consumer_tag
+        raw.on_consumer_cancel_callbacks.add(self._cancelled)
+
+    def _cancelled(self, frame: Any) -> None:
+        if not self._stopping:
+            log.warning(
+                "RabbitMQ cancelled the consumer of %r (queue deleted?)", self.options.queue
+            )
+
+    def _lost(self, exc: BaseException | None) -> None:
+        if not self._stopping:
+            log.warning("RabbitMQ channel closed (%s); reconnecting", exc)
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        sink = self._sink
+        if sink is None or self._stopping:
+            return  # not acked: the broker redelivers it to another consumer
+        body = message.body
+        options = self.options
+        if len(body) > options.max_message_bytes:
+            log.warning("dropping message of %d bytes: over max_message_bytes", len(body))
+            await self._reject(message)
+            return
+        try:
+            incoming = decode_incoming(self._serializer, body)
+        except ProtocolError as exc:
+            log.warning("dropping malformed message from queue %r: %s", options.queue, exc)
+            await self._reject(message)
+            return
+        raw_headers = message.header.properties.headers
+        headers = _text_headers(raw_headers) if raw_headers else None
+        await sink(
+            RmqContext(
+                incoming.pattern,
+                incoming.data,
+                incoming.id,
+                headers,
+                parse_deadline(headers),
+                message,
+                self,
+            )
+        )
+
+    async def _reject(self, message: DeliveredMessage) -> None:
+        if not self.options.no_ack and self._link is not None:
+            self._link.settle(message.channel, message.delivery_tag or 0, False)
+
+    async def _reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        link = self._link
+        if link is None or not link.ready.is_set():
+            log.debug("dropping a reply: the RabbitMQ channel is down")
+            return
+        try:
+            link.publish(reply_to, body, Properties(correlation_id))
+        except TransportError as exc:  # the caller's request failed with the connection
+            log.debug("dropping a reply: %s", exc)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        link, tag = self._link, self._consumer_tag
+        self._consumer_tag = None
+        if link is None or tag is None or not link.ready.is_set():
+            return
+        with contextlib.suppress(Exception):
+            await link.raw.basic_cancel(tag)
+
+    async def close(self) -> None:
+        await self.stop()
+        link, self._link = self._link, None
+        self._sink = None
+        if link is not None:
+            self._last_link = link
+            await link.close()
+
+    async def delete_resources(self) -> None:
+        """Delete the service queue (and every message in it)."""
+        link = self._link or self._last_link
+        if link is None:
+            link = Link(self.options, 0, lambda exc: None, _no_restore)
+        try:
+            await link.delete_queue()
+        except connection_errors() as exc:
+            raise transport_error(f"deleting queue {self.options.queue!r}", exc) from exc
+
+    def __repr__(self) -> str:
+        url = self._link.url if self._link else redact_url(self.options.urls[0])
+        return f"RmqServerTransport({url} queue={self.options.queue!r})"
+
+
+async def _no_restore(raw: Any) -> None:
+    pass
+
+
+def _text_headers(raw: Mapping[str, Any]) -> dict[str, str]:
+    """AMQP header values as text (bytes decoded as UTF-8), as handlers see them."""
+    return {
+        key: value.decode("utf-8", "replace")
+        if isinstance(value, (bytes, bytearray))
+        else str(value)
+        for key, value in raw.items()
+    }

@@ -1,0 +1,35 @@
+"""What both halves share: the features and the mapping of connection failures."""
+
+from __future__ import annotations
+
+import logging
+
+from polybus.abc import Features
+from polybus.errors import TransportError
+
+__all__ = ["FEATURES", "transport_error"]
+
+log = logging.getLogger("polybus.redis")
+
+FEATURES = Features(
+    name="redis",
+    unknown_pattern="timeout",
+    broadcast=True,
+    headers=True,
+    restart_command=(
+        "sh",
+        "-c",
+        "redis-cli -p 6379 shutdown nosave; sleep 0.5; "
+        "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' "
+        "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
+    ),
+)
+
+
+def transport_error(exc: BaseException) -> TransportError:
+    """``exc`` itself if it is a ``TransportError``, else one caused by it."""
+    if isinstance(exc, TransportError):
+        return exc
+    error = TransportError(f"redis connection lost: {exc or type(exc).__name__}")
+    error.__cause__ = exc
+    return error

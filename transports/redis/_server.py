@@ -1,0 +1,142 @@
+"""The server half: every route on one subscriber connection, replies on one publisher.
+
+The server subscribes to every handler route (``PSUBSCRIBE`` with ``wildcards``) and
+replies on ``<channel the request arrived on>.reply``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from polybus.abc import Context, MessageSink, RouteSpec
+from polybus.errors import ProtocolError
+from polybus.packets import Reply, decode_incoming, encode_reply, parse_deadline
+from polybus.serializers import Serializer
+
+from ._common import FEATURES, log
+from ._link import Link
+from ._options import RedisOptions
+
+__all__ = ["RedisContext", "RedisServerTransport"]
+
+
+class RedisContext(Context):
+    """Context of a Redis message.
+
+    ``channel`` is the channel the message arrived on (NestJS ``RedisContext.getChannel()``);
+    with ``wildcards`` ``pattern`` is the subscribed pattern that matched it. ``headers`` is
+    the packet's NestJS v12 ``metadata`` (``RedisContext.getMetadata()``, ``None`` without
+    it); ``deadline`` comes from its ``x-polybus-deadline`` entry.
+    """
+
+    __slots__ = ("_reply_channel", "_server", "channel")
+    transport_name = "redis"
+
+    def __init__(
+        self,
+        pattern: Any,
+        data: Any,
+        id: Any,
+        channel: str,
+        reply_channel: bytes,
+        server: RedisServerTransport,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(pattern, data, id, metadata, parse_deadline(metadata))
+        self.channel = channel
+        self._reply_channel = reply_channel
+        self._server = server
+
+    async def send_reply(self, reply: Reply) -> None:
+        server = self._server
+        body = server.options.check_size(encode_reply(server._serializer, reply))
+        link = server._link
+        if link is None or not link.up:
+            return  # the caller was failed when the connection dropped
+        pipe = link.publisher()
+        pipe.publish(self._reply_channel, body)
+        if pipe.backlogged:
+            await asyncio.shield(pipe.flushed())
+
+
+class RedisServerTransport:
+    """Receives every route on one subscriber connection; replies on one publisher."""
+
+    features = FEATURES
+
+    def __init__(self, options: RedisOptions, serializer: Serializer) -> None:
+        self.options = options
+        self._serializer = serializer
+        self._sink: MessageSink | None = None
+        self._link: Link | None = None
+        self._routes: dict[bytes, tuple[str, bytes]] = {}  # channel → (route, reply channel)
+
+    async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
+        self._routes = {
+            spec.route.encode(): (spec.route, (spec.route + ".reply").encode()) for spec in routes
+        }
+        self._sink = sink
+        link = Link(self.options, self._on_message, self._restore)
+        try:
+            await link.connect()
+        except BaseException:
+            self._sink = None
+            raise
+        self._link = link
+
+    async def _restore(self, link: Link) -> None:
+        if self._routes and self._sink is not None:
+            await link.subscribe(list(self._routes), pattern=self.options.wildcards)
+
+    def _on_message(
+        self, channel: bytes, body: bytes, pattern: bytes | None
+    ) -> Awaitable[None] | None:
+        sink = self._sink
+        if sink is None:
+            return None
+        target = self._routes.get(channel if pattern is None else pattern)
+        if target is None:
+            return None
+        route, reply_channel = target
+        name = route
+        if pattern is not None:
+            name = channel.decode("utf-8", "replace")
+            reply_channel = channel + b".reply"
+        if len(body) > self.options.max_message_bytes:
+            log.warning(
+                "dropping a message of %d bytes on %r: over max_message_bytes", len(body), name
+            )
+            return None
+        try:
+            incoming = decode_incoming(self._serializer, body, channel=route)
+        except ProtocolError as exc:
+            log.warning("dropping a malformed message on %r: %s", name, exc)
+            return None
+        return sink(
+            RedisContext(
+                incoming.pattern,
+                incoming.data,
+                incoming.id,
+                name,
+                reply_channel,
+                self,
+                incoming.metadata,
+            )
+        )
+
+    async def stop(self) -> None:
+        self._sink = None
+        link = self._link
+        if link is not None and link.up:
+            link.unsubscribe(list(self._routes), pattern=self.options.wildcards)
+
+    async def close(self) -> None:
+        self._sink = None
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    def __repr__(self) -> str:
+        return f"RedisServerTransport({self.options.address})"

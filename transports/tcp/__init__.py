@@ -1,0 +1,36 @@
+"""TCP transport (``tcp://host:port``, ``tcps://`` for TLS), wire-compatible with NestJS.
+
+Frames are ``<length>#<json>`` where ``length`` counts UTF-16 code units of the JSON text
+(JavaScript ``string.length``), PROTOCOL.md §2. One client connection multiplexes every
+request; replies are matched by ``id``. A corrupted frame or undecodable JSON closes only
+its connection (on the client, its pending requests fail with ``TransportError`` and the
+next call reconnects). Writes made in one event-loop iteration leave in one ``write()``
+(corking). Headers and the caller's deadline travel in NestJS v12's packet ``metadata``
+(``send_metadata``), which Nest servers accept and expose as ``TcpContext.getMetadata()``.
+"""
+
+from __future__ import annotations
+
+from polybus.config import TransportPlugin
+
+from ._client import TcpClientTransport
+from ._common import FEATURES, FramedConnection
+from ._framing import FrameDecoder, frame
+from ._options import TcpOptions
+from ._server import TcpContext, TcpServerTransport
+
+__all__ = [
+    "FEATURES",
+    "PLUGIN",
+    "FrameDecoder",
+    "TcpClientTransport",
+    "TcpContext",
+    "TcpOptions",
+    "TcpServerTransport",
+    "frame",
+]
+
+_Connection = FramedConnection
+"""The connection class under its former module-level name (the benchmark patches it)."""
+
+PLUGIN = TransportPlugin("TCP", TcpOptions, TcpClientTransport, TcpServerTransport)

@@ -1,0 +1,103 @@
+"""What both halves share: the features, the serializer check and the framed connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from polybus.abc import Features
+from polybus.errors import ConfigError, ProtocolError
+from polybus.serializers import Serializer
+
+from ._framing import FrameDecoder
+
+__all__ = ["FEATURES", "FramedConnection", "check_text_serializer"]
+
+log = logging.getLogger("polybus.tcp")
+
+FEATURES = Features(name="tcp", unknown_pattern="error", text_only=True, headers=True)
+
+
+def check_text_serializer(serializer: Serializer) -> Serializer:
+    """``serializer`` if it writes text, else ``ConfigError``: TCP frames carry JSON text."""
+    if serializer.binary:
+        raise ConfigError(f"TCP frames carry text; the {serializer.name} serializer is binary")
+    return serializer
+
+
+class FramedConnection(asyncio.Protocol):
+    """A framed connection: corked writes, flow control, frames handed to ``on_frames``."""
+
+    def __init__(self, max_units: int, on_frames: Callable[[list[bytes]], None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(max_units)
+        self._on_frames = on_frames
+        self._out: list[bytes] = []
+        self._paused: asyncio.Future[None] | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.peer: Any = None
+        self.error: BaseException | None = None
+        """Why we aborted the connection (a ``ProtocolError``), if we did."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+            if frames:
+                self._on_frames(frames)
+        except ProtocolError as exc:
+            log.warning("closing connection with %s: %s", self.peer, exc)
+            self.abort(exc)
+
+    def write(self, data: bytes) -> None:
+        """Queue a frame; everything queued in this loop iteration leaves in one write."""
+        out = self._out
+        out.append(data)
+        if len(out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    @property
+    def paused(self) -> bool:
+        """True while the socket's buffer is over its high-water mark: await ``drain()``."""
+        return self._paused is not None
+
+    async def drain(self) -> None:
+        if self._paused is not None:
+            await asyncio.shield(self._paused)
+
+    def pause_writing(self) -> None:
+        self._paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None and not paused.done():
+            paused.set_result(None)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        if exc is not None and self.error is None:
+            self.error = exc
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Send what is queued, then close the socket."""
+        if self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.resume_writing()
+        if not self.closed.done():
+            self.closed.set_result(None)

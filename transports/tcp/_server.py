@@ -1,0 +1,184 @@
+"""The server half: a listening socket, one reader task per connection, replies in frames."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from polybus.abc import Context, MessageSink, RouteSpec
+from polybus.errors import ProtocolError, TransportError
+from polybus.packets import Reply, decode_incoming, encode_reply, parse_deadline
+from polybus.serializers import Serializer
+
+from ._common import FEATURES, FramedConnection, check_text_serializer, log
+from ._framing import frame
+from ._options import TcpOptions
+
+__all__ = ["TcpContext", "TcpServerTransport"]
+
+_INBOX_HIGH_WATER = 4096
+"""Frames queued on a connection beyond which reading from its socket pauses."""
+
+
+class TcpContext(Context):
+    """Context of a TCP message: the connection it came on (``peer`` is its address).
+
+    ``headers`` is the packet's NestJS ``metadata`` (``None`` without it); ``deadline``
+    comes from its ``x-polybus-deadline`` entry.
+    """
+
+    __slots__ = ("_conn", "_serializer")
+    transport_name = "tcp"
+
+    def __init__(
+        self,
+        pattern: Any,
+        data: Any,
+        id: Any,
+        conn: FramedConnection,
+        serializer: Serializer,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(pattern, data, id, metadata, parse_deadline(metadata))
+        self._conn = conn
+        self._serializer = serializer
+
+    @property
+    def peer(self) -> Any:
+        return self._conn.peer
+
+    async def send_reply(self, reply: Reply) -> None:
+        conn = self._conn
+        if conn.closed.done():
+            return
+        conn.write(frame(encode_reply(self._serializer, reply)))
+        if conn.paused:
+            await conn.drain()
+
+
+class _ServerConnection(FramedConnection):
+    """Frames are queued and fed to the microservice by one reader task per connection."""
+
+    def __init__(self, server: TcpServerTransport) -> None:
+        super().__init__(server.options.max_message_bytes, self._queue_frames)
+        self._server = server
+        self._inbox: deque[bytes] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._server._connections.add(self)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def _queue_frames(self, frames: list[bytes]) -> None:
+        self._inbox.extend(frames)
+        if (
+            len(self._inbox) > _INBOX_HIGH_WATER
+            and self.transport is not None
+            and not self._reading_paused
+        ):
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _read(self) -> None:
+        server = self._server
+        serializer = server._serializer
+        inbox = self._inbox
+        loop = asyncio.get_running_loop()
+        while not self.closed.done():
+            if not inbox:
+                if self._reading_paused and self.transport is not None:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                continue
+            body = inbox.popleft()
+            try:
+                incoming = decode_incoming(serializer, body)
+            except ProtocolError as exc:
+                log.warning("closing connection from %s: %s", self.peer, exc)
+                self.abort(exc)
+                return
+            sink = server._sink
+            if sink is None:
+                return
+            await sink(
+                TcpContext(
+                    incoming.pattern,
+                    incoming.data,
+                    incoming.id,
+                    self,
+                    serializer,
+                    incoming.metadata,
+                )
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._server._connections.discard(self)
+        self._wake()
+
+
+class TcpServerTransport:
+    features = FEATURES
+
+    def __init__(self, options: TcpOptions, serializer: Serializer) -> None:
+        self.options = options
+        self._serializer = check_text_serializer(serializer)
+        self._sink: MessageSink | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[_ServerConnection] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        if self._server is None or not self._server.sockets:
+            return self.options.port
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
+        self._sink = sink
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: _ServerConnection(self),
+                self.options.host,
+                self.options.port,
+                ssl=self.options.server_ssl(),
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise TransportError(
+                f"cannot listen on {self.options.host}:{self.options.port}: {exc}"
+            ) from exc
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in self._connections:
+            if conn.transport is not None:
+                conn.transport.pause_reading()
+
+    async def close(self) -> None:
+        await self.stop()
+        for conn in list(self._connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        self._sink = None
+
+    def __repr__(self) -> str:
+        return f"TcpServerTransport({self.options.host}:{self.port})"
