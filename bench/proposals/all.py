@@ -1,0 +1,10 @@
+"""Every proposal at once."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+here = Path(__file__).parent
+for name in ("eager_handlers", "eager_emit", "tcp_chunked_read", "deadlines_dict", "unary_call"):
+    runpy.run_path(str(here / f"{name}.py"))
