@@ -63,7 +63,7 @@ async def soak(name: str, seconds: float, rate: float, timeout: float) -> dict[s
     timeline: dict[int, Counter[str]] = {}
     outcomes: Counter[str] = Counter()
     failures: list[float] = []
-    successes: list[float] = []
+    successes_after_fault: list[float] = []
     started = time.monotonic()
     marks: dict[str, float] = {}
 
@@ -78,7 +78,10 @@ async def soak(name: str, seconds: float, rate: float, timeout: float) -> dict[s
         now = time.monotonic() - started
         outcomes[kind] += 1
         timeline.setdefault(int(now), Counter())[kind] += 1
-        (successes if kind == "ok" else failures).append(now)
+        if kind != "ok":
+            failures.append(now)
+        elif "broker_back" in marks and not successes_after_fault:
+            successes_after_fault.append(now)
 
     async def restart() -> None:
         await asyncio.sleep(seconds / 2)
@@ -89,17 +92,19 @@ async def soak(name: str, seconds: float, rate: float, timeout: float) -> dict[s
         marks["broker_back"] = time.monotonic() - started
 
     fault = asyncio.ensure_future(restart())
-    calls: list[asyncio.Task[None]] = []
+    in_flight: set[asyncio.Task[None]] = set()  # only running calls: the soak holds no history
     interval = 1.0 / rate
     i = 0
     while (elapsed := time.monotonic() - started) < seconds:
         target = i * interval
         if target > elapsed:
             await asyncio.sleep(target - elapsed)
-        calls.append(asyncio.ensure_future(one(i)))
+        call = asyncio.ensure_future(one(i))
+        in_flight.add(call)
+        call.add_done_callback(in_flight.discard)
         i += 1
     await fault
-    await asyncio.gather(*calls)
+    await asyncio.gather(*in_flight)
     await asyncio.sleep(1)
     gc.collect()
     rss_after = _rss_kib()
@@ -110,7 +115,7 @@ async def soak(name: str, seconds: float, rate: float, timeout: float) -> dict[s
     if cleanup is not None:
         await cleanup()
     back = marks.get("broker_back", 0.0)
-    recovered = next((t for t in sorted(successes) if t >= back), None)
+    recovered = successes_after_fault[0] if successes_after_fault else None
     before = sum(c["ok"] for s, c in timeline.items() if s < marks["restart"] - 1)
     after = sum(c["ok"] for s, c in timeline.items() if recovered and s > recovered + 1)
     after_seconds = max(1.0, seconds - (recovered or seconds) - 1)

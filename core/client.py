@@ -115,7 +115,7 @@ class Call:
                     pending.items.clear()
                     pending.items.append(last)
         finally:
-            proxy._finish(rid, pending, release)
+            proxy._finish(rid, pending, release, self._timeout)
         if pending.error is not None:
             raise pending.error
         return pending.items[-1] if pending.items else None
@@ -133,7 +133,7 @@ class Call:
                 waiter = pending.waiter = proxy._loop.create_future()
                 await waiter
         finally:
-            proxy._finish(rid, pending, release)
+            proxy._finish(rid, pending, release, self._timeout)
         if pending.error is not None:
             raise pending.error
 
@@ -344,12 +344,14 @@ class ClientProxy:
             deadlines = self._deadlines
             if deadlines is None:
                 deadlines = self._deadlines = _Deadlines(self._loop)
-            deadlines.add(timeout, pending, call._pattern)
+            deadlines.add(timeout, rid, pending, call._pattern)
         return rid, pending, release
 
-    def _finish(self, rid: str, pending: _Pending, release: Release) -> None:
-        pending.done = True  # lets the deadline queue forget it
+    def _finish(self, rid: str, pending: _Pending, release: Release, timeout: float | None) -> None:
+        pending.done = True
         self._pending.pop(rid, None)
+        if timeout is not None and self._deadlines is not None:
+            self._deadlines.discard(timeout, rid)
         try:
             release()
         except Exception:
@@ -363,29 +365,32 @@ class ClientProxy:
 class _Deadlines:
     """Times requests out without a timer per request.
 
-    Requests that share a timeout expire in the order they started, so one FIFO per
-    timeout value and a single loop timer for the earliest deadline are enough; finished
-    requests are dropped from the front as new ones arrive.
+    Requests that share a timeout expire in the order they started, so one
+    insertion-ordered dict per timeout value (keyed by request id, so a finished call is
+    forgotten at once) and a single loop timer for the earliest deadline are enough.
     """
 
     __slots__ = ("_at", "_loop", "_queues", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queues: dict[float, deque[tuple[float, _Pending, Any]]] = {}
+        self._queues: dict[float, dict[str, tuple[float, _Pending, Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf
 
-    def add(self, timeout: float, pending: _Pending, pattern: Any) -> None:
+    def add(self, timeout: float, rid: str, pending: _Pending, pattern: Any) -> None:
         at = self._loop.time() + timeout
         queue = self._queues.get(timeout)
         if queue is None:
-            queue = self._queues[timeout] = deque()
-        while queue and queue[0][1].done:
-            queue.popleft()
-        queue.append((at, pending, pattern))
+            queue = self._queues[timeout] = {}
+        queue[rid] = (at, pending, pattern)
         if at < self._at:
             self._schedule(at)
+
+    def discard(self, timeout: float, rid: str) -> None:
+        queue = self._queues.get(timeout)
+        if queue is not None:
+            queue.pop(rid, None)
 
     def _schedule(self, at: float) -> None:
         if self._timer is not None:
@@ -399,12 +404,16 @@ class _Deadlines:
         now = self._loop.time()
         following = math.inf
         for timeout, queue in list(self._queues.items()):
-            while queue and (queue[0][1].done or queue[0][0] <= now):
-                _, pending, pattern = queue.popleft()
+            expired = []
+            for rid, (at, pending, pattern) in queue.items():
+                if at > now:
+                    following = min(following, at)
+                    break
+                expired.append((rid, pending, pattern))
+            for rid, pending, pattern in expired:
+                del queue[rid]
                 pending.fail(RequestTimeout(f"no reply to {pattern!r} within {timeout:g}s"))
-            if queue:
-                following = min(following, queue[0][0])
-            else:
+            if not queue:
                 del self._queues[timeout]
         if following < math.inf:
             self._schedule(following)
