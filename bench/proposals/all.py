@@ -6,5 +6,5 @@ import runpy
 from pathlib import Path
 
 here = Path(__file__).parent
-for name in ("eager_handlers", "eager_emit", "tcp_chunked_read", "deadlines_dict", "unary_call"):
+for name in ("eager_handlers", "tcp_chunked_read", "unary_call"):
     runpy.run_path(str(here / f"{name}.py"))

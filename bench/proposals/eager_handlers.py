@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 
-from bench.proposals._eager import resume
+from bench.proposals._eager import resume, start
 from polybus import server
 from polybus.abc import Context
 
@@ -27,13 +27,13 @@ async def _accept(self: server.Microservice, context: Context) -> None:
     coro = self._handle(context)
     ctx = contextvars.copy_context()
     try:
-        first = ctx.run(coro.send, None)
-    except StopIteration:
-        slots.release()
-        return
+        finished, first = ctx.run(start, coro)
     except BaseException:
         slots.release()
         server.log.exception("handler task failed")
+        return
+    if finished:
+        slots.release()
         return
     # created inside ctx: the Task runs in (a copy of) the context the handler started in
     task = ctx.run(asyncio.get_running_loop().create_task, resume(coro, first))

@@ -18,10 +18,9 @@ from polybus.patterns import to_route
 
 
 class _Unary:
-    __slots__ = ("done", "error", "queue", "value", "waiter")
+    __slots__ = ("done", "error", "value", "waiter")
 
     def __init__(self) -> None:
-        self.queue: Any = None  # for bench/proposals/deadlines_dict.py
         self.value: Any = None
         self.waiter: Any = None
         self.done = False
@@ -83,13 +82,13 @@ async def _result(self: client.Call) -> Any:
         deadlines = proxy._deadlines
         if deadlines is None:
             deadlines = proxy._deadlines = client._Deadlines(proxy._loop)
-        deadlines.add(timeout, pending, self._pattern)  # type: ignore[arg-type]
+        deadlines.add(timeout, rid, pending, self._pattern)  # type: ignore[arg-type]
     try:
         while not pending.done:
             waiter = pending.waiter = proxy._loop.create_future()
             await waiter
     finally:
-        proxy._finish(rid, pending, release)  # type: ignore[arg-type]
+        proxy._finish(rid, pending, release, timeout)  # type: ignore[arg-type]
     if pending.error is not None:
         raise pending.error
     return pending.value
