@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from polybus.abc import Features
 from polybus.errors import ConfigError, ProtocolError
@@ -42,8 +42,7 @@ class FramedConnection(asyncio.Protocol):
         """Why we aborted the connection (a ``ProtocolError``), if we did."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.peer = transport.get_extra_info("peername")
 
     def data_received(self, data: bytes) -> None:
