@@ -180,7 +180,10 @@ class Context:
         raise NotImplementedError
 
     async def settle(self, ok: bool) -> None:
-        """Called once handling is over: ack/commit (``ok``) or reject without requeue."""
+        """Called once handling is over: ack/commit (``ok``) or reject without requeue.
+
+        Never called for a message taken during shutdown or whose handler was cancelled by
+        it: such a message stays unsettled, so the broker delivers it again."""
 
     def __repr__(self) -> str:
         kind = "request" if self.is_request else "event"

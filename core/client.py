@@ -31,12 +31,12 @@ StatusListener = Callable[[ConnectionStatus], None]
 
 
 class _Pending:
-    """One request in flight: buffered stream items and the waiter of its consumer."""
+    """One awaited request: its (last) value and the waiter of its caller."""
 
-    __slots__ = ("done", "error", "items", "waiter")
+    __slots__ = ("done", "error", "value", "waiter")
 
     def __init__(self) -> None:
-        self.items: deque[Any] = deque()
+        self.value: Any = None
         self.waiter: asyncio.Future[None] | None = None
         self.done = False
         self.error: BaseException | None = None
@@ -49,10 +49,13 @@ class _Pending:
             self.done = True
         else:
             if reply.response is not MISSING or not reply.disposed:
-                self.items.append(None if reply.response is MISSING else reply.response)
+                self._put(None if reply.response is MISSING else reply.response)
             if reply.disposed:
                 self.done = True
         self._wake()
+
+    def _put(self, value: Any) -> None:
+        self.value = value
 
     def fail(self, exc: BaseException) -> None:
         if self.done:
@@ -65,6 +68,19 @@ class _Pending:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+class _Stream(_Pending):
+    """One iterated request: every value, in order, until its consumer takes it."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: deque[Any] = deque()
+
+    def _put(self, value: Any) -> None:
+        self.items.append(value)
 
 
 class Call:
@@ -105,25 +121,23 @@ class Call:
     async def _result(self) -> Any:
         self._claim()
         proxy = self._proxy
-        rid, pending, release = await proxy._start(self)
+        pending = _Pending()
+        rid, release = await proxy._start(self, pending)
         try:
             while not pending.done:
                 waiter = pending.waiter = proxy._loop.create_future()
                 await waiter
-                if len(pending.items) > 1:
-                    last = pending.items.pop()
-                    pending.items.clear()
-                    pending.items.append(last)
         finally:
             proxy._finish(rid, pending, release, self._timeout)
         if pending.error is not None:
             raise pending.error
-        return pending.items[-1] if pending.items else None
+        return pending.value
 
     async def _iterate(self) -> AsyncIterator[Any]:
         self._claim()
         proxy = self._proxy
-        rid, pending, release = await proxy._start(self)
+        pending = _Stream()
+        rid, release = await proxy._start(self, pending)
         try:
             while True:
                 while pending.items:
@@ -317,7 +331,7 @@ class ClientProxy:
 
     # -- call machinery (used by Call) ---------------------------------------------------
 
-    async def _start(self, call: Call) -> tuple[str, _Pending, Release]:
+    async def _start(self, call: Call, pending: _Pending) -> tuple[str, Release]:
         if not self._connected:
             await self.connect()
         rid = self._next_id()
@@ -333,7 +347,6 @@ class ClientProxy:
             deadline,
             record,
         )
-        pending = _Pending()
         self._pending[rid] = pending
         try:
             release = await self.transport.request(request)
@@ -345,7 +358,7 @@ class ClientProxy:
             if deadlines is None:
                 deadlines = self._deadlines = _Deadlines(self._loop)
             deadlines.add(timeout, rid, pending, call._pattern)
-        return rid, pending, release
+        return rid, release
 
     def _finish(self, rid: str, pending: _Pending, release: Release, timeout: float | None) -> None:
         pending.done = True

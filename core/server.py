@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from .abc import Context, RouteSpec, ServerTransport
+from .eager import start_eagerly
 from .errors import ConfigError, RpcException
 from .handlers import HANDLERS_ATTR, Handler, HandlerMark
 from .packets import MISSING, Reply
@@ -226,14 +227,25 @@ class Microservice:
         return to_route(pattern)
 
     async def _accept(self, context: Context) -> None:
-        """The ``MessageSink``: take a slot, then handle in the background."""
+        """The ``MessageSink``: take a slot, start handling, go on in the background once
+        the handler waits (see :mod:`polybus.eager`)."""
         if self._closing:
-            await context.settle(False)
-            return
+            return  # left unsettled: redelivered where the broker keeps it, not rejected
         slots = self._slots
         assert slots is not None
         await slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._handle(context))
+        try:
+            task = start_eagerly(asyncio.get_running_loop(), self._handle(context))
+        except Exception:
+            slots.release()
+            log.exception("handler task failed")
+            return
+        except BaseException:
+            slots.release()
+            raise
+        if task is None:  # answered without waiting
+            slots.release()
+            return
         self._inflight.add(task)
         task.add_done_callback(self._done)
 
@@ -276,20 +288,24 @@ class Microservice:
             await context.settle(True)
             return
         rid = context.id
-        ok = True
+        # No `finally`: a handler cancelled at shutdown leaves its message unsettled, so a
+        # broker that keeps messages (RabbitMQ with acks, Kafka) delivers it again.
         try:
             result = handler.call(context.data, context)
             if handler.is_asyncgen or handler.is_generator:
                 await self._stream(rid, result, context)
-                return
-            if handler.is_coroutine or asyncio.iscoroutine(result):
-                result = await result
-            await context.send_reply(Reply(rid, MISSING if result is None else result, None, True))
+            else:
+                if handler.is_coroutine or asyncio.iscoroutine(result):
+                    result = await result
+                reply = Reply(rid, MISSING if result is None else result, None, True)
+                await context.send_reply(reply)
         except Exception as exc:
-            ok = False
-            await context.send_reply(Reply(rid, MISSING, _error_payload(exc, handler), True))
-        finally:
-            await context.settle(ok)
+            try:
+                await context.send_reply(Reply(rid, MISSING, _error_payload(exc, handler), True))
+            finally:
+                await context.settle(False)
+            return
+        await context.settle(True)
 
     async def _stream(self, rid: Any, result: Any, context: Context) -> None:
         """Send every item; completion rides on the last item (as NestJS merges it)."""

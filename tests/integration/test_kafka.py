@@ -13,6 +13,7 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -275,6 +276,19 @@ def test_commit_watermark_is_the_highest_contiguous_finished_offset() -> None:
     assert not part.finish(15) and part.commit_at == 10
     assert part.finish(10) and part.commit_at == 12
     assert part.finish(14) and part.commit_at == 16 and not part.pending
+
+
+def test_records_fetched_while_the_position_was_asked_for_are_kept() -> None:
+    # aiokafka's position() may answer after the fetch loop got records of a just assigned
+    # partition (it then says the offset after them): they start the partition, no skip.
+    part = _Partition(("t", 0), ordered=False)
+    part.queue.extend(SimpleNamespace(offset=o) for o in (5, 6))
+    assert part.start(7) == 5 and part.commit_at == part.committed == 5
+    assert [r.offset for r in part.queue] == [5, 6]
+    assert _Partition(("t", 0), ordered=False).start(7) == 7
+    unknown = _Partition(("t", 0), ordered=False)
+    unknown.queue.append(SimpleNamespace(offset=3))
+    assert unknown.start(-1) == 3
 
 
 def test_options_from_url_and_nest() -> None:

@@ -95,12 +95,19 @@ class _Partition:
         self.drained: asyncio.Future[None] | None = None
         self.worker: asyncio.Task[None] | None = None
 
-    def start(self, position: int) -> None:
-        """The position is known (-1: unknown, the first finished record sets it)."""
+    def start(self, position: int) -> int:
+        """The position is known (-1: unknown, the first finished record sets it); returns
+        where the partition starts.
+
+        Records fetched while the position was asked for start it: by the time aiokafka's
+        ``position()`` answers, handing them over may have moved it past them, and taking
+        that later offset would skip them and commit past them."""
+        queue = self.queue
+        if queue and (position < 0 or queue[0].offset < position):
+            position = queue[0].offset
         self.commit_at = self.committed = position
-        if self.queue and self.queue[0].offset < position:
-            self.queue = deque(r for r in self.queue if r.offset >= position)
         self.next_offset = max(self.next_offset, position)
+        return position
 
     def finish(self, offset: int) -> bool:
         """Handling of ``offset`` is over; True when the commit watermark moved."""
@@ -372,7 +379,12 @@ class KafkaServerTransport:
         except (Exception, asyncio.TimeoutError) as exc:
             log.warning("kafka: group %s: positions unknown: %r", self.group_id, exc)
             positions = [None] * len(tps)
-        known = {tp: pos for tp, pos in zip(tps, positions, strict=True) if pos is not None}
+        known: dict[Any, int] = {}
+        for part, position in zip(parts, positions, strict=True):
+            if part.active and self._parts.get(part.tp) is part:
+                start = part.start(-1 if position is None else position)
+                if start >= 0:
+                    known[part.tp] = start
         if known:
             # A partition without committed offset gets one now: a record produced after
             # listen() returned is handled even if the partition moves before it is read.
@@ -381,9 +393,8 @@ class KafkaServerTransport:
             except (Exception, asyncio.TimeoutError) as exc:
                 log.warning("kafka: group %s: commit on assignment failed: %r", self.group_id, exc)
         loop = asyncio.get_running_loop()
-        for part, position in zip(parts, positions, strict=True):
+        for part in parts:
             if part.active and self._parts.get(part.tp) is part:
-                part.start(-1 if position is None else position)
                 part.worker = loop.create_task(self._work(part))
         log.debug("kafka: group %s assigned %s", self.group_id, known)
         ready = self._ready

@@ -20,6 +20,8 @@ __all__ = ["TcpContext", "TcpServerTransport"]
 
 _INBOX_HIGH_WATER = 4096
 """Frames queued on a connection beyond which reading from its socket pauses."""
+_FRAMES_PER_TURN = 16
+"""Frames a connection hands to the microservice before the event loop turns."""
 
 
 class TcpContext(Context):
@@ -95,6 +97,7 @@ class _ServerConnection(FramedConnection):
         serializer = server._serializer
         inbox = self._inbox
         loop = asyncio.get_running_loop()
+        handled = 0
         while not self.closed.done():
             if not inbox:
                 if self._reading_paused and self.transport is not None:
@@ -102,7 +105,15 @@ class _ServerConnection(FramedConnection):
                     self.transport.resume_reading()
                 self._wakeup = loop.create_future()
                 await self._wakeup
+                handled = 0
                 continue
+            if handled == _FRAMES_PER_TURN:
+                # Let the replies of this chunk leave before taking the next one: the caller
+                # works on them while this side handles the rest, both processes busy.
+                handled = 0
+                await asyncio.sleep(0)
+                continue
+            handled += 1
             body = inbox.popleft()
             try:
                 incoming = decode_incoming(serializer, body)
