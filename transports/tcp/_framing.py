@@ -39,20 +39,25 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
-        buf += data
-        if self._need > len(buf):
-            return []
+        if buf:
+            buf += data
+            if self._need > len(buf):
+                return []
+            data = bytes(buf)
+            buf.clear()
+        # Frames are cut from immutable bytes (one copy each); only an incomplete tail is
+        # kept in the bytearray, which grows in place while a large frame arrives.
         self._need = 0
         frames: list[bytes] = []
         pos = 0
-        end = len(buf)
+        end = len(data)
         while pos < end:
-            hash_at = buf.find(b"#", pos, pos + _MAX_PREFIX_DIGITS + 1)
+            hash_at = data.find(b"#", pos, pos + _MAX_PREFIX_DIGITS + 1)
             if hash_at < 0:
                 if end - pos > _MAX_PREFIX_DIGITS:
                     raise ProtocolError("corrupted frame: no '#' after the length prefix")
                 break
-            prefix = bytes(buf[pos:hash_at])
+            prefix = data[pos:hash_at]
             if not prefix.isdigit():
                 raise ProtocolError(f"corrupted frame length {prefix[:20]!r}")
             units = int(prefix)
@@ -64,18 +69,19 @@ class FrameDecoder:
             if start + units > end:
                 self._need = start + units - pos  # at least this many bytes from the frame start
                 break
-            chunk = bytes(buf[start : start + units])
+            chunk = data[start : start + units]
             if chunk.isascii():
                 frames.append(chunk)
                 pos = start + units
                 continue
-            size = _utf8_size_of_units(buf, start, units)
+            size = _utf8_size_of_units(data, start, units)
             if size is None:
                 self._need = end - pos + 1  # some characters are still on their way
                 break
-            frames.append(bytes(buf[start : start + size]))
+            frames.append(data[start : start + size])
             pos = start + size
-        del buf[:pos]
+        if pos < end:
+            buf += data[pos:]
         return frames
 
     @property
@@ -83,11 +89,11 @@ class FrameDecoder:
         return len(self._buf)
 
 
-def _utf8_size_of_units(buf: bytearray, start: int, units: int) -> int | None:
+def _utf8_size_of_units(data: bytes, start: int, units: int) -> int | None:
     """Bytes that hold ``units`` UTF-16 units from ``start``; None when more data is needed."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     try:
-        text = decoder.decode(bytes(buf[start : start + 3 * units]), final=False)
+        text = decoder.decode(data[start : start + 3 * units], final=False)
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"invalid UTF-8 in frame: {exc.reason}") from None
     if len(text) + len(_ASTRAL.findall(text)) < units:
