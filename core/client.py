@@ -379,8 +379,9 @@ class _Deadlines:
     """Times requests out without a timer per request.
 
     Requests that share a timeout expire in the order they started, so one
-    insertion-ordered dict per timeout value (keyed by request id, so a finished call is
-    forgotten at once) and a single loop timer for the earliest deadline are enough.
+    insertion-ordered dict per timeout value (to the millisecond; keyed by request id, so a
+    finished call is forgotten at once) and a single loop timer for the earliest deadline
+    are enough.
     """
 
     __slots__ = ("_at", "_loop", "_queues", "_timer")
@@ -393,15 +394,16 @@ class _Deadlines:
 
     def add(self, timeout: float, rid: str, pending: _Pending, pattern: Any) -> None:
         at = self._loop.time() + timeout
-        queue = self._queues.get(timeout)
+        key = round(timeout, 3)  # computed timeouts (time left of a budget) share queues
+        queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[timeout] = {}
+            queue = self._queues[key] = {}
         queue[rid] = (at, pending, pattern)
         if at < self._at:
             self._schedule(at)
 
     def discard(self, timeout: float, rid: str) -> None:
-        queue = self._queues.get(timeout)
+        queue = self._queues.get(round(timeout, 3))
         if queue is not None:
             queue.pop(rid, None)
 

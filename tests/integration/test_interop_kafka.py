@@ -21,25 +21,10 @@ import harness  # tests/integration/nest/harness.py
 import pytest
 
 from polybus import Context, Microservice, Record, RpcError, RpcException, create_client
-from polybus.testing.brokers import broker_url
 
 pytest.importorskip("aiokafka")
 
 pytestmark = [pytest.mark.interop, pytest.mark.broker("kafka")]
-
-ORDER = {"orderId": "ord_42", "amount": 1999}
-
-
-@pytest.fixture
-def nest_ready() -> None:
-    reason = harness.node_available()
-    if reason:
-        pytest.skip(f"NestJS interop: {reason}")
-
-
-@pytest.fixture
-def url() -> str:
-    return broker_url("kafka")
 
 
 @pytest.fixture
@@ -109,9 +94,9 @@ async def test_polybus_client_calls_nestjs_server(nest_ready: None, url: str, pr
         message = {"key": "order-1", "value": [5, 5], "headers": {"x-origin": "polybus"}}
         assert await client.send(p["sum"], message) == "10"
         assert await client.send(p["sum"], Record([2, 3], key="k", headers={"x": "y"})) == "5"
-        await client.emit(p["order_placed"], ORDER)
+        await client.emit(p["order_placed"], harness.ORDER)
         events = await nest.wait_for_events(1, timeout=30)
-    assert events[0] == {"event": p["order_placed"], "data": ORDER}
+    assert events[0] == {"event": p["order_placed"], "data": harness.ORDER}
 
 
 async def test_nestjs_client_calls_polybus_server(nest_ready: None, url: str, prefix: str) -> None:
@@ -129,7 +114,7 @@ async def test_nestjs_client_calls_polybus_server(nest_ready: None, url: str, pr
         "fail": {"code": "E_TEST", "message": "boom"},
         "emitted": True,
     }
-    assert received == [ORDER]
+    assert received == [harness.ORDER]
     ctx = seen[0]
     assert ctx.topic == patterns(prefix)["sum"]
     assert ctx.headers["kafka_replyTopic"] == patterns(prefix)["sum"] + ".reply"

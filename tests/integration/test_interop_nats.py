@@ -18,30 +18,10 @@ import harness  # tests/integration/nest/harness.py
 import pytest
 
 from polybus import Microservice, RpcException
-from polybus.testing.brokers import broker_url
 
 pytest.importorskip("nats")
 
 pytestmark = [pytest.mark.interop, pytest.mark.broker("nats")]
-
-ORDER = {"orderId": "ord_42", "amount": 1999}
-
-
-@pytest.fixture
-def nest_ready() -> None:
-    reason = harness.node_available()
-    if reason:
-        pytest.skip(f"NestJS interop: {reason}")
-
-
-@pytest.fixture
-def url() -> str:
-    return broker_url("nats")
-
-
-@pytest.fixture
-def prefix() -> str:
-    return harness.unique_prefix()
 
 
 def build_service(url: str, prefix: str, received: list[Any], **options: Any) -> Microservice:
@@ -90,4 +70,4 @@ async def test_nestjs_client_calls_polybus_server_in_a_queue_group(
         await wait_until(lambda: bool(received))
         await asyncio.sleep(0.2)
     assert result["sum"] == 10 and result["stream"] == [1, 2, 3]
-    assert received == [ORDER]  # delivered to one member of the group only
+    assert received == [harness.ORDER]  # delivered to one member of the group only

@@ -23,15 +23,6 @@ aio_pika = pytest.importorskip("aio_pika")
 
 pytestmark = [pytest.mark.interop, pytest.mark.broker("rabbitmq")]
 
-ORDER = {"orderId": "ord_42", "amount": 1999}
-
-
-@pytest.fixture
-def nest_ready() -> None:
-    reason = harness.node_available()
-    if reason:
-        pytest.skip(f"NestJS interop: {reason}")
-
 
 @pytest.fixture
 def amqp() -> str:
@@ -108,7 +99,7 @@ async def test_nestjs_client_calls_polybus_server_in_manual_ack_mode(
         await wait_until(lambda: bool(received))
     assert result["sum"] == 10 and result["stream"] == [1, 2, 3]
     assert result["fail"] == {"code": "E_TEST", "message": "boom"}
-    assert received == [ORDER]
+    assert received == [harness.ORDER]
     # everything was acked: nothing went back to the queue when the server closed
     connection = await aio_pika.connect(amqp)
     try:
@@ -133,7 +124,7 @@ async def test_nestjs_and_polybus_servers_share_one_queue(
         )
         assert sums == [10] * 60
         for _ in range(20):
-            await client.emit(f"{prefix}order_placed", ORDER)
+            await client.emit(f"{prefix}order_placed", harness.ORDER)
         await wait_until(lambda: len(received) + len(nest.events) >= 20, timeout=30)
     assert received and nest.events  # both consumers took a share of the queue
     assert len(received) + len(nest.events) == 20

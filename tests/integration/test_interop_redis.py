@@ -17,30 +17,10 @@ import harness  # tests/integration/nest/harness.py
 import pytest
 
 from polybus import Microservice, RpcException, create_client
-from polybus.testing.brokers import broker_url
 
 pytest.importorskip("redis")
 
 pytestmark = [pytest.mark.interop, pytest.mark.broker("redis")]
-
-ORDER = {"orderId": "ord_42", "amount": 1999}
-
-
-@pytest.fixture
-def nest_ready() -> None:
-    reason = harness.node_available()
-    if reason:
-        pytest.skip(f"NestJS interop: {reason}")
-
-
-@pytest.fixture
-def url() -> str:
-    return broker_url("redis")
-
-
-@pytest.fixture
-def prefix() -> str:
-    return harness.unique_prefix()
 
 
 def patterns(prefix: str) -> dict[str, Any]:
@@ -133,8 +113,8 @@ async def test_nestjs_and_polybus_servers_both_receive(
         create_client(url, timeout=30) as client,
     ):
         assert await client.send(p["sum"], [1, 2, 3, 4]) == 10
-        await client.emit(p["order_placed"], ORDER)
+        await client.emit(p["order_placed"], harness.ORDER)
         events = await nest.wait_for_events(1, timeout=30)
         await wait_for(received, 1)
-    assert events[0]["data"] == ORDER
-    assert received == [ORDER]
+    assert events[0]["data"] == harness.ORDER
+    assert received == [harness.ORDER]

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from polybus import ConfigError, Context, Microservice, Record, create_client
-from polybus.testing.brokers import broker_url
 
 pytest.importorskip("aiokafka")
 
@@ -27,11 +26,6 @@ from polybus.transports.kafka import KafkaContext, KafkaOptions
 from polybus.transports.kafka._server import _Partition
 
 pytestmark = pytest.mark.broker("kafka")
-
-
-@pytest.fixture
-def url() -> str:
-    return broker_url("kafka")
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from polybus import (
     create_client,
 )
 from polybus.packets import DEADLINE_HEADER
-from polybus.testing.brokers import broker_url, in_ci
+from polybus.testing.brokers import in_ci
 from polybus.transports.nats import (
     FEATURES,
     NatsClientTransport,
@@ -42,11 +42,6 @@ pytestmark = pytest.mark.broker("nats")
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
-
-
-@pytest.fixture
-def url() -> str:
-    return broker_url("nats")
 
 
 @pytest.fixture

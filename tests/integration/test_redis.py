@@ -33,7 +33,6 @@ from polybus import (
     TransportError,
     create_client,
 )
-from polybus.testing.brokers import broker_url
 from polybus.transports.redis import (
     FEATURES,
     RedisClientTransport,
@@ -48,11 +47,6 @@ pytestmark = pytest.mark.broker("redis")
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
-
-
-@pytest.fixture
-def url() -> str:
-    return broker_url("redis")
 
 
 @pytest.fixture

@@ -179,6 +179,26 @@ async def test_timeout_per_call_and_per_client(url: str) -> None:
         assert client.pending_count == 0
 
 
+async def test_computed_timeouts_share_one_timeout_queue(url: str) -> None:
+    app = Microservice(url)
+
+    @app.message_pattern("slow")
+    async def slow(s: float) -> str:
+        await asyncio.sleep(s)
+        return "done"
+
+    async with app, create_client(url) as client:
+        # what is left of a budget differs by microseconds from call to call
+        timeouts = [0.2 + i * 1e-5 for i in range(20)]
+        calls = [asyncio.ensure_future(client.send("slow", 1, timeout=t)) for t in timeouts]
+        await asyncio.sleep(0.05)
+        deadlines = client._deadlines
+        assert deadlines is not None and len(deadlines._queues) == 1
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, RequestTimeout) for r in results)
+        assert client.pending_count == 0
+
+
 async def test_cancelling_the_caller_releases_the_request(url: str) -> None:
     app = Microservice(url)
 

@@ -92,6 +92,7 @@ class Pipe:
                 except BaseException:
                     _fail(flushed, TransportError("connection closed"))
                     raise
+                del out  # not held (up to the high-water mark) while the loop idles
                 if flushed is not None and not flushed.done():
                     flushed.set_result(None)
         except asyncio.CancelledError:

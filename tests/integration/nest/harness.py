@@ -49,6 +49,10 @@ def _node_bin() -> str | None:
     return os.environ.get("NODE_BIN") or shutil.which("node")
 
 
+ORDER = {"orderId": "ord_42", "amount": 1999}
+"""The event payload the interop tests send both ways."""
+
+
 def node_available() -> str | None:
     """Return why the Nest side cannot run (a skip reason), or None if it can."""
     if _node_bin() is None:
