@@ -414,6 +414,27 @@ def fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+def rows(
+    cells: list[Cell], options: Options, loop: str
+) -> Iterator[tuple[str, dict[str, Cell | None]]]:
+    """Per transport and scenario that has any cell: its label and each impl's cell."""
+    for transport in options.transports:
+        for kind, concurrency in options.scenarios:
+            row = {
+                impl: find(
+                    cells,
+                    transport=transport,
+                    impl=impl,
+                    loop="node" if impl == "nest" else loop,
+                    scenario=kind,
+                    concurrency=concurrency,
+                )
+                for impl in IMPLS
+            }
+            if any(row.values()):
+                yield f"{transport} | {kind} c={concurrency}", row
+
+
 def markdown(cells: list[Cell], options: Options, info: dict[str, str], wall: float) -> str:
     loads = [c.load for c in cells]
     lines = [
@@ -440,31 +461,15 @@ def markdown(cells: list[Cell], options: Options, info: dict[str, str], wall: fl
             "| pb/raw | pb/FS | pb/Nest |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for transport in options.transports:
-            for kind, concurrency in options.scenarios:
-                row = {
-                    impl: find(
-                        cells,
-                        transport=transport,
-                        impl=impl,
-                        loop="node" if impl == "nest" else loop,
-                        scenario=kind,
-                        concurrency=concurrency,
-                    )
-                    for impl in IMPLS
-                }
-                if not any(row.values()):
-                    continue
-                pb = row["polybus"]
-                lines.append(
-                    f"| {transport} | {kind} c={concurrency} | "
-                    + " | ".join(fmt_cell(row[i]) for i in IMPLS)
-                    + " | "
-                    + " | ".join(
-                        fmt_ratio(ratio(pb, row[i])) for i in ("raw", "faststream", "nest")
-                    )
-                    + " |"
-                )
+        for label, row in rows(cells, options, loop):
+            pb = row["polybus"]
+            lines.append(
+                f"| {label} | "
+                + " | ".join(fmt_cell(row[i]) for i in IMPLS)
+                + " | "
+                + " | ".join(fmt_ratio(ratio(pb, row[i])) for i in ("raw", "faststream", "nest"))
+                + " |"
+            )
         lines += [
             "",
             f"### CPU per operation ({loop}): client + server µs (median)",
@@ -472,25 +477,8 @@ def markdown(cells: list[Cell], options: Options, info: dict[str, str], wall: fl
             "| transport | scenario | " + " | ".join(LABELS[i] for i in IMPLS) + " |",
             "|---|---|" + "---|" * len(IMPLS),
         ]
-        for transport in options.transports:
-            for kind, concurrency in options.scenarios:
-                row = {
-                    impl: find(
-                        cells,
-                        transport=transport,
-                        impl=impl,
-                        loop="node" if impl == "nest" else loop,
-                        scenario=kind,
-                        concurrency=concurrency,
-                    )
-                    for impl in IMPLS
-                }
-                if any(row.values()):
-                    lines.append(
-                        f"| {transport} | {kind} c={concurrency} | "
-                        + " | ".join(fmt_cpu(row[i]) for i in IMPLS)
-                        + " |"
-                    )
+        for label, row in rows(cells, options, loop):
+            lines.append(f"| {label} | " + " | ".join(fmt_cpu(row[i]) for i in IMPLS) + " |")
         lines += ["", f"### Targets ({loop})", ""]
         lines += ["| transport | target | measured | met |", "|---|---|---|---|"]
         for transport in options.transports:

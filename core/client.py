@@ -394,16 +394,22 @@ class _Deadlines:
 
     def add(self, timeout: float, rid: str, pending: _Pending, pattern: Any) -> None:
         at = self._loop.time() + timeout
-        key = round(timeout, 3)  # computed timeouts (time left of a budget) share queues
-        queue = self._queues.get(key)
+        queue = self._queues.get(timeout)
         if queue is None:
-            queue = self._queues[key] = {}
+            # computed timeouts (what is left of a budget) share a queue per millisecond;
+            # rounding is slow, so a timeout that is already a key skips it
+            key = round(timeout, 3)
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = {}
         queue[rid] = (at, pending, pattern)
         if at < self._at:
             self._schedule(at)
 
     def discard(self, timeout: float, rid: str) -> None:
-        queue = self._queues.get(round(timeout, 3))
+        queue = self._queues.get(timeout)
+        if queue is None:
+            queue = self._queues.get(round(timeout, 3))
         if queue is not None:
             queue.pop(rid, None)
 
