@@ -1,63 +1,76 @@
 """Start a coroutine at once; continue it in a Task only if it suspends.
 
-What Python 3.12's eager tasks do, for every supported version: a handler that answers
-without waiting (a CPU-only handler whose reply write is not blocked) costs no Task, no
-done-callback and no extra loop iteration; one that waits continues in a Task from where
-it stopped, in the context it started in.
+A handler that answers without waiting (a CPU-only handler whose reply write is not
+blocked) then costs no extra loop iteration (and, before Python 3.12, no Task); one that
+waits continues in a Task from where it stopped, in the context it started in. Python 3.12+
+does this itself (``Task(eager_start=True)``); for 3.10 and 3.11 the first step is run here
+and a generator-based coroutine hands the rest to a Task (3.12+ Tasks refuse those).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
 __all__ = ["start_eagerly"]
 
+if sys.version_info >= (3, 12):
 
-def start_eagerly(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
-) -> asyncio.Task[None] | None:
-    """Run ``coro`` up to its first suspension: ``None`` if it finished there, else the Task
-    that goes on with it. Its exception, if it raised before suspending, propagates."""
-    context = contextvars.copy_context()
-    first = context.run(_first_step, coro)
-    if first is _FINISHED:
-        return None
-    # created inside the context: the Task runs in a copy of what the first step left
-    return context.run(loop.create_task, _resume(coro, first))
+    def start_eagerly(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None] | None:
+        """Run ``coro`` up to its first suspension: ``None`` if it finished there, else the
+        Task that goes on with it. Its exception, if it raised before suspending, propagates."""
+        task = asyncio.Task(coro, loop=loop, eager_start=True)
+        if task.done():
+            task.result()
+            return None
+        return task
 
+else:
 
-_FINISHED = object()
+    def start_eagerly(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None] | None:
+        """Run ``coro`` up to its first suspension: ``None`` if it finished there, else the
+        Task that goes on with it. Its exception, if it raised before suspending, propagates."""
+        context = contextvars.copy_context()
+        first = context.run(_first_step, coro)
+        if first is _FINISHED:
+            return None
+        # created inside the context: the Task runs in a copy of what the first step left
+        return context.run(loop.create_task, _resume(coro, first))
 
+    _FINISHED = object()
 
-def _first_step(coro: Coroutine[Any, Any, None]) -> Any:
-    try:
-        first = coro.send(None)
-    except StopIteration:
-        return _FINISHED
-    if getattr(first, "_asyncio_future_blocking", False):
-        # What a Task does with a yielded future at once: other eagerly started coroutines
-        # may await the same future before the Task below takes this one over.
-        first._asyncio_future_blocking = False
-    return first
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], first: Any) -> Generator[Any, None, None]:
-    """Hand the future ``coro`` stopped on to the Task, then delegate to ``coro``
-    (``yield from`` forwards sends and throws, cancellation included, as ``await`` does)."""
-    if getattr(first, "_asyncio_future_blocking", None) is False:
-        first._asyncio_future_blocking = True  # a Task expects it set on a yielded future
-    try:
-        yield first
-    except BaseException as exc:
+    def _first_step(coro: Coroutine[Any, Any, None]) -> Any:
         try:
-            following = coro.throw(exc)
+            first = coro.send(None)
         except StopIteration:
+            return _FINISHED
+        if getattr(first, "_asyncio_future_blocking", False):
+            # What a Task does with a yielded future at once: other eagerly started
+            # coroutines may await the same future before the Task below takes this one.
+            first._asyncio_future_blocking = False
+        return first
+
+    @types.coroutine
+    def _resume(coro: Coroutine[Any, Any, None], first: Any) -> Generator[Any, None, None]:
+        """Hand the future ``coro`` stopped on to the Task, then delegate to ``coro``
+        (``yield from`` forwards sends and throws, cancellation included, as ``await`` does)."""
+        if getattr(first, "_asyncio_future_blocking", None) is False:
+            first._asyncio_future_blocking = True  # a Task expects it set on a yielded future
+        try:
+            yield first
+        except BaseException as exc:
+            try:
+                following = coro.throw(exc)
+            except StopIteration:
+                return
+            yield from _resume(coro, following)
             return
-        yield from _resume(coro, following)
-        return
-    yield from coro.__await__()
+        yield from coro.__await__()
