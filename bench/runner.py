@@ -414,23 +414,27 @@ def fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+def cell_of(
+    cells: Iterable[Cell], transport: str, impl: str, loop: str, kind: str, concurrency: int
+) -> Cell | None:
+    """One implementation's cell of a scenario (NestJS cells run on Node, whatever ``loop``)."""
+    return find(
+        cells,
+        transport=transport,
+        impl=impl,
+        loop="node" if impl == "nest" else loop,
+        scenario=kind,
+        concurrency=concurrency,
+    )
+
+
 def rows(
     cells: list[Cell], options: Options, loop: str
 ) -> Iterator[tuple[str, dict[str, Cell | None]]]:
     """Per transport and scenario that has any cell: its label and each impl's cell."""
     for transport in options.transports:
         for kind, concurrency in options.scenarios:
-            row = {
-                impl: find(
-                    cells,
-                    transport=transport,
-                    impl=impl,
-                    loop="node" if impl == "nest" else loop,
-                    scenario=kind,
-                    concurrency=concurrency,
-                )
-                for impl in IMPLS
-            }
+            row = {impl: cell_of(cells, transport, impl, loop, kind, concurrency) for impl in IMPLS}
             if any(row.values()):
                 yield f"{transport} | {kind} c={concurrency}", row
 
@@ -495,14 +499,7 @@ def markdown(cells: list[Cell], options: Options, info: dict[str, str], wall: fl
 
 def targets(cells: list[Cell], transport: str, loop: str) -> Iterator[tuple[str, Any, Any]]:
     def get(impl: str, kind: str, concurrency: int) -> Cell | None:
-        return find(
-            cells,
-            transport=transport,
-            impl=impl,
-            loop="node" if impl == "nest" else loop,
-            scenario=kind,
-            concurrency=concurrency,
-        )
+        return cell_of(cells, transport, impl, loop, kind, concurrency)
 
     pb100, pb1, pbev = (
         get("polybus", "rpc", 100),

@@ -31,6 +31,18 @@ def url() -> str:
     return f"memory://{uuid.uuid4().hex}"
 
 
+def slow_service(url: str) -> Microservice:
+    """A service whose ``slow`` handler answers ``"done"`` after the seconds it is sent."""
+    app = Microservice(url)
+
+    @app.message_pattern("slow")
+    async def slow(s: float) -> str:
+        await asyncio.sleep(s)
+        return "done"
+
+    return app
+
+
 async def test_sync_async_and_generator_handlers(url: str) -> None:
     app = Microservice(url)
 
@@ -165,12 +177,7 @@ async def test_send_is_cold_and_single_use(url: str) -> None:
 
 
 async def test_timeout_per_call_and_per_client(url: str) -> None:
-    app = Microservice(url)
-
-    @app.message_pattern("slow")
-    async def slow(s: float) -> str:
-        await asyncio.sleep(s)
-        return "done"
+    app = slow_service(url)
 
     async with app, create_client(url, timeout=0.05) as client:
         with pytest.raises(RequestTimeout):
@@ -180,12 +187,7 @@ async def test_timeout_per_call_and_per_client(url: str) -> None:
 
 
 async def test_computed_timeouts_share_one_timeout_queue(url: str) -> None:
-    app = Microservice(url)
-
-    @app.message_pattern("slow")
-    async def slow(s: float) -> str:
-        await asyncio.sleep(s)
-        return "done"
+    app = slow_service(url)
 
     async with app, create_client(url) as client:
         # what is left of a budget differs by microseconds from call to call
@@ -200,12 +202,7 @@ async def test_computed_timeouts_share_one_timeout_queue(url: str) -> None:
 
 
 async def test_cancelling_the_caller_releases_the_request(url: str) -> None:
-    app = Microservice(url)
-
-    @app.message_pattern("slow")
-    async def slow(s: float) -> str:
-        await asyncio.sleep(s)
-        return "done"
+    app = slow_service(url)
 
     async with app, create_client(url) as client:
         task = asyncio.ensure_future(client.send("slow", 1))
@@ -218,12 +215,7 @@ async def test_cancelling_the_caller_releases_the_request(url: str) -> None:
 
 
 async def test_close_fails_pending_and_reports_status(url: str) -> None:
-    app = Microservice(url)
-
-    @app.message_pattern("slow")
-    async def slow(s: float) -> str:
-        await asyncio.sleep(s)
-        return "done"
+    app = slow_service(url)
 
     statuses: list[ConnectionStatus] = []
     async with app:
