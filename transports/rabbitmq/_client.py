@@ -115,15 +115,10 @@ class RmqClientTransport:
         if link is None:
             raise TransportError("RabbitMQ client is not connected")
         body = self.options.check_size(encode_request(self._serializer, request))
-        if not link.ready.is_set():
-            await link.wait_ready()
         props = self._props(
             request.record, request.headers, request.deadline, request.id, self._reply_to
         )
-        if self.options.publisher_confirms:
-            await self._confirmed(link, body, props)
-        else:
-            link.publish(self.options.queue, body, props)
+        await self._publish(link, body, props)
         return no_release
 
     async def publish_event(self, event: Event) -> None:
@@ -131,13 +126,16 @@ class RmqClientTransport:
         if link is None:
             raise TransportError("RabbitMQ client is not connected")
         body = self.options.check_size(encode_event(self._serializer, event))
+        await self._publish(link, body, self._props(event.record, event.headers, None))
+
+    async def _publish(self, link: Link, body: bytes, props: Properties) -> None:
+        """Publish to the service queue once the link is up (confirmed when configured)."""
         if not link.ready.is_set():
             await link.wait_ready()
-        props = self._props(event.record, event.headers, None)
         if self.options.publisher_confirms:
             await self._confirmed(link, body, props)
-            return
-        link.publish(self.options.queue, body, props)
+        else:
+            link.publish(self.options.queue, body, props)
         await link.drain()
 
     async def _confirmed(self, link: Link, body: bytes, props: Properties) -> None:
