@@ -7,6 +7,7 @@ Examples::
     python -m bench --loop both             # each Python cell with uvloop and asyncio
     python -m bench --memory                # the memory check (bench/memory.py)
     python -m bench --profile tcp,redis     # py-spy profiles of polybus RPC c=100
+    python -m bench --floor                 # Python cost per message, in one process
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile", metavar="TRANSPORTS", help="profile polybus RPC c=100 on these instead"
     )
+    parser.add_argument(
+        "--floor", action="store_true", help="measure the Python cost per message instead"
+    )
     return parser.parse_args(argv)
 
 
@@ -61,6 +65,11 @@ def main(argv: list[str]) -> None:
     if args.impls is None:
         args.impls = ",".join(runner.IMPLS)
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    if args.floor:
+        from . import floor
+
+        floor.main("asyncio" if args.loop == "asyncio" else "uvloop", args.out)
+        return
     if args.memory:
         from . import memory
 

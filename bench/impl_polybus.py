@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,36 +12,7 @@ from polybus.abc import SupportsCleanup
 from .common import Config
 
 
-def uvloop_tcp_workaround() -> None:
-    """The TCP adapter asserts ``isinstance(transport, asyncio.Transport)`` in its
-    connection's ``connection_made``, which uvloop's ``TCPTransport`` is not: every TCP
-    connection fails under uvloop. Until the adapter drops the assert (reported), the
-    benchmark runs the same method without it."""
-    import sys
-
-    from polybus.transports import tcp
-
-    cls = getattr(tcp, "FramedConnection", None) or getattr(tcp, "_Connection", None)
-    if cls is None:
-        return
-    try:
-        source = inspect.getsource(cls.connection_made)
-    except (OSError, TypeError):
-        return
-    if "isinstance(transport, asyncio.Transport)" not in source:
-        return
-
-    def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.peer = transport.get_extra_info("peername")
-
-    cls.connection_made = connection_made
-    print("bench: applied the uvloop TCP workaround", file=sys.stderr)
-
-
 def target(cfg: Config) -> tuple[str, dict[str, Any]]:
-    if cfg.transport == "tcp" and cfg.loop == "uvloop":
-        uvloop_tcp_workaround()
     """The URL and extra options of ``cfg.transport``, the same for server and client."""
     if cfg.transport == "tcp":
         return f"tcp://127.0.0.1:{cfg.tcp_port}", {}

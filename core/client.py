@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
-from .abc import ClientTransport, ConnectionStatus, Release
+from .abc import ClientTransport, ConnectionStatus, Release, no_release
 from .errors import ConfigError, RequestTimeout, RpcError, TransportError
 from .packets import MISSING, Event, Record, Reply, Request, new_id_factory
 from .patterns import to_route
@@ -125,7 +125,7 @@ class Call:
         rid, release = await proxy._start(self, pending)
         try:
             while not pending.done:
-                waiter = pending.waiter = proxy._loop.create_future()
+                waiter = pending.waiter = asyncio.get_running_loop().create_future()
                 await waiter
         finally:
             proxy._finish(rid, pending, release, self._timeout)
@@ -144,7 +144,7 @@ class Call:
                     yield pending.items.popleft()
                 if pending.done:
                     break
-                waiter = pending.waiter = proxy._loop.create_future()
+                waiter = pending.waiter = asyncio.get_running_loop().create_future()
                 await waiter
         finally:
             proxy._finish(rid, pending, release, self._timeout)
@@ -365,6 +365,8 @@ class ClientProxy:
         self._pending.pop(rid, None)
         if timeout is not None and self._deadlines is not None:
             self._deadlines.discard(timeout, rid)
+        if release is no_release:
+            return
         try:
             release()
         except Exception:

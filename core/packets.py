@@ -216,15 +216,18 @@ def decode_reply(serializer: Serializer, body: bytes | bytearray | memoryview) -
     value = serializer.loads(body)
     if isinstance(value, dict) and value and _ENVELOPE_KEYS.issuperset(value):
         rid = value.get("id")
+        if rid is not None and type(rid) is not str:
+            rid = str(rid)
+        # positional: a reply is decoded per request, and keywords cost twice as much here
         return Reply(
-            id=None if rid is None else str(rid),
-            response=value.get("response", MISSING),
-            err=value.get("err"),
-            disposed=bool(value.get("isDisposed")),
-            status=value.get("status"),
+            rid,
+            value.get("response", MISSING),
+            value.get("err"),
+            bool(value.get("isDisposed")),
+            value.get("status"),
         )
     rid = value.get("id") if isinstance(value, dict) else None
-    return Reply(id=None if rid is None else str(rid), response=value, disposed=True)
+    return Reply(None if rid is None else str(rid), value, None, True)
 
 
 @dataclass(slots=True)
@@ -246,6 +249,11 @@ def _read_metadata(value: dict[Any, Any]) -> dict[str, str] | None:
     meta = value.get("metadata")
     if not isinstance(meta, dict) or not meta:
         return None
+    for k, v in meta.items():
+        if type(k) is not str or type(v) is not str:
+            break
+    else:
+        return meta  # the usual case, kept as decoded: nothing to drop
     return {k: v for k, v in meta.items() if isinstance(k, str) and isinstance(v, str)} or None
 
 

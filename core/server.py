@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -16,6 +16,7 @@ from .errors import ConfigError, RpcException
 from .handlers import HANDLERS_ATTR, Handler, HandlerMark
 from .packets import MISSING, Reply
 from .patterns import route_from_wire, to_route
+from .slots import Slots
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_MAX_CONCURRENCY", "Microservice"]
 
@@ -64,7 +65,7 @@ class Microservice:
         self.name = name
         self._messages: dict[str, Handler] = {}
         self._events: dict[str, list[Handler]] = {}
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: Slots | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._listening = False
         self._closing = False
@@ -145,7 +146,7 @@ class Microservice:
         if self._listening:
             return
         transport = self.transport
-        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._slots = Slots(self.max_concurrency)
         self._stopped = asyncio.Event()
         self._listening = True
         try:
@@ -221,11 +222,6 @@ class Microservice:
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def _route(self, pattern: Any) -> str:
-        if isinstance(pattern, str):
-            return route_from_wire(pattern)
-        return to_route(pattern)
-
     async def _accept(self, context: Context) -> None:
         """The ``MessageSink``: take a slot, start handling, go on in the background once
         the handler waits (see :mod:`polybus.eager`)."""
@@ -233,9 +229,12 @@ class Microservice:
             return  # left unsettled: redelivered where the broker keeps it, not rejected
         slots = self._slots
         assert slots is not None
-        await slots.acquire()
+        if slots.free:
+            slots.free -= 1
+        else:
+            await slots.wait()
         try:
-            task = start_eagerly(asyncio.get_running_loop(), self._handle(context))
+            task = start_eagerly(asyncio.get_running_loop(), self._handling(context))
         except Exception:
             slots.release()
             log.exception("handler task failed")
@@ -256,19 +255,22 @@ class Microservice:
         if not task.cancelled() and task.exception() is not None:
             log.error("handler task failed", exc_info=task.exception())
 
-    async def _handle(self, context: Context) -> None:
+    def _handling(self, context: Context) -> Coroutine[Any, Any, None]:
+        """The coroutine that handles ``context`` (routed here: one coroutine less per message)."""
+        pattern = context.pattern
         try:
-            route = self._route(context.pattern)
+            route = route_from_wire(pattern) if isinstance(pattern, str) else to_route(pattern)
         except (TypeError, ValueError) as exc:
-            log.warning("unroutable pattern %r: %s", context.pattern, exc)
-            if context.is_request:
-                await context.send_reply(Reply.no_handler(context.id))
-            await context.settle(False)
-            return
+            return self._reject_unroutable(context, exc)
+        if context.id is MISSING:
+            return self._handle_event(route, context)
+        return self._handle_request(route, context)
+
+    async def _reject_unroutable(self, context: Context, exc: Exception) -> None:
+        log.warning("unroutable pattern %r: %s", context.pattern, exc)
         if context.is_request:
-            await self._handle_request(route, context)
-        else:
-            await self._handle_event(route, context)
+            await context.send_reply(Reply.no_handler(context.id))
+        await context.settle(False)
 
     async def _handle_request(self, route: str, context: Context) -> None:
         handler = self._messages.get(route)

@@ -1,0 +1,245 @@
+"""``python -m bench --floor``: the Python cost per message, without sockets or a second process.
+
+The end-to-end cells measure the library together with the kernel, the event loop's I/O and
+the scheduling of two processes on two cores, which moves from run to run. This measures
+only what runs in Python for one message, in one process, against an in-memory socket:
+
+- **server**: chunks of 100 request (or event) frames, as a client with 100 requests in
+  flight writes them, fed to the TCP server's connection; CPU per message until every reply
+  was written.
+- **client**: 100 (or 1) callers awaiting ``send()`` in a loop (or emitting), the bytes they
+  write answered in the next loop turn by the raw server's code run in the same process;
+  CPU per request, that raw server's share included (the same for both columns).
+
+polybus runs with its defaults (30 s timeout, the deadline sent in the TCP ``metadata``) and
+without a timeout (no deadline to keep or send). The raw column is ``raw_tcp``'s code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import raw_tcp
+from .common import EXPECTED, PAYLOAD, Config
+
+CHUNK = 100
+"""Frames per read on the server side, and callers on the client side."""
+
+
+class MemorySocket:
+    """An in-memory ``asyncio.Transport`` for one protocol: what it writes goes to ``peer``
+    (called at once), what ``peer`` answers is delivered to it in the next loop turn."""
+
+    def __init__(self, protocol: asyncio.Protocol, peer: Callable[[bytes], Any] | None) -> None:
+        self.protocol = protocol
+        self.peer = peer
+        self.loop = asyncio.get_running_loop()
+        protocol.connection_made(self)  # type: ignore[arg-type]
+
+    def write(self, data: bytes) -> None:
+        if self.peer is not None:
+            self.peer(data)
+
+    def answer(self, data: bytes) -> None:
+        self.loop.call_soon(self.protocol.data_received, data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.loop.call_soon(self.protocol.connection_lost, None)
+
+    abort = close
+
+
+def frames(packet: dict[str, Any], count: int, *, ids: bool) -> bytes:
+    out = []
+    for i in range(count):
+        body = orjson.dumps({**packet, "id": f"{i:016x}"} if ids else packet)
+        out.append(b"%d#%b" % (len(body), body))
+    return b"".join(out)
+
+
+async def cpu_per_message(step: Callable[[], Awaitable[int]], seconds: float = 1.0) -> float:
+    """Median over 5 windows of CPU µs per message; ``step`` returns messages done."""
+    await step()  # warm-up
+    results = []
+    for _ in range(5):
+        done = 0
+        start = time.process_time()
+        deadline = time.perf_counter() + seconds / 5
+        while time.perf_counter() < deadline:
+            done += await step()
+        results.append((time.process_time() - start) / done * 1e6)
+    return sorted(results)[2]
+
+
+async def server_floor(cfg: Config) -> dict[str, float]:
+    from polybus import Microservice
+    from polybus.transports.tcp._server import _ServerConnection
+
+    app = Microservice("tcp://127.0.0.1:0")
+    handled = 0
+    all_handled: asyncio.Future[None] | None = None
+
+    def count(messages: int) -> None:
+        nonlocal handled
+        handled += messages
+        if handled == CHUNK and all_handled is not None and not all_handled.done():
+            all_handled.set_result(None)
+
+    def count_one() -> None:
+        count(1)
+
+    def count_replies(data: bytes) -> None:
+        count(data.count(b"#{"))  # one per reply frame
+
+    @app.message_pattern(cfg.rpc)
+    async def total(data: Any) -> int:
+        return sum(data["a"])
+
+    @app.event_pattern(cfg.event)
+    async def counted(data: Any) -> None:
+        count_one()
+
+    deadline = {"x-polybus-deadline": f"{time.time() + 3600:.3f}"}
+    request = {"pattern": cfg.rpc, "data": PAYLOAD}
+    reads = {
+        "rpc (deadline sent)": frames({**request, "metadata": deadline}, CHUNK, ids=True),
+        "rpc": frames(request, CHUNK, ids=True),
+        "events": frames({"pattern": cfg.event, "data": PAYLOAD}, CHUNK, ids=False),
+    }
+    out: dict[str, float] = {}
+    async with app:
+        for name, read in reads.items():
+            for impl in ("polybus", "raw"):
+                conn: asyncio.Protocol = (
+                    _ServerConnection(app.transport)  # type: ignore[arg-type]
+                    if impl == "polybus"
+                    else raw_tcp.ServerProtocol(count_one)
+                )
+                MemorySocket(conn, count_replies)
+
+                async def step(conn: asyncio.Protocol = conn, read: bytes = read) -> int:
+                    nonlocal handled, all_handled
+                    handled = 0
+                    all_handled = asyncio.get_running_loop().create_future()
+                    conn.data_received(read)  # polybus works off a read 16 frames a turn
+                    await all_handled
+                    return CHUNK
+
+                out[f"server {name} {impl}"] = await cpu_per_message(step)
+    return out
+
+
+async def client_floor(cfg: Config) -> dict[str, float]:
+    from polybus import create_client
+    from polybus.transports.tcp._common import FramedConnection
+
+    def attach(protocol: asyncio.Protocol) -> None:
+        server = raw_tcp.ServerProtocol(lambda: None)
+        client_side = MemorySocket(protocol, server.data_received)
+        MemorySocket(server, client_side.answer)
+
+    async def polybus_client(**options: Any) -> Any:
+        proxy = create_client("tcp://127.0.0.1:1", **options)
+        transport = proxy.transport
+        conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
+        attach(conn)
+        transport._conn = conn  # type: ignore[attr-defined]
+        await transport.connect(proxy)  # already connected: binds the proxy, opens nothing
+        proxy._connected = True
+        return proxy
+
+    raw = raw_tcp.Client(cfg)
+    attach(raw)
+    default = await polybus_client()
+    untimed = await polybus_client(timeout=None)
+    callers: dict[str, Callable[[], Awaitable[Any]]] = {
+        "polybus": lambda: default.send(cfg.rpc, PAYLOAD),
+        "polybus (no timeout)": lambda: untimed.send(cfg.rpc, PAYLOAD),
+        "raw": lambda: raw.call(PAYLOAD),
+    }
+    emitters: dict[str, Callable[[], Awaitable[Any]]] = {
+        "polybus": lambda: default.emit(cfg.event, PAYLOAD),
+        "raw": lambda: raw.emit(PAYLOAD),
+    }
+    out: dict[str, float] = {}
+    for scenario, concurrency, impls in (
+        ("rpc c=100", CHUNK, callers),
+        ("rpc c=1", 1, callers),
+        ("events c=100", CHUNK, emitters),
+    ):
+        for impl, call in impls.items():
+
+            async def step(
+                call: Callable[[], Awaitable[Any]] = call,
+                n: int = concurrency,
+                check: bool = scenario.startswith("rpc"),
+            ) -> int:
+                async def caller() -> None:
+                    for _ in range(20):
+                        result = await call()
+                        if check and result != EXPECTED:
+                            raise AssertionError(f"bad reply {result!r}")
+
+                await asyncio.gather(*(caller() for _ in range(n)))
+                return 20 * n
+
+            out[f"client {scenario} {impl}"] = await cpu_per_message(step)
+    await default.close()
+    await untimed.close()
+    return out
+
+
+def table(results: dict[str, float]) -> str:
+    lines = [
+        "| side | scenario | polybus µs/msg | raw µs/msg | raw/polybus |",
+        "|---|---|---|---|---|",
+    ]
+    for key, value in results.items():
+        side, rest = key.split(" ", 1)
+        if rest.endswith(" raw"):
+            continue
+        scenario, _, impl = rest.rpartition(" polybus")
+        raw = results[f"{side} {scenario} raw"]
+        label = scenario + impl.replace("(", "— ").replace(")", "")
+        lines.append(f"| {side} | {label} | {value:.2f} | {raw:.2f} | {raw / value:.2f} |")
+    return "\n".join(lines)
+
+
+def main(loop: str, out: Path) -> None:
+    cfg = Config(impl="polybus", transport="tcp", prefix="floor")
+
+    async def measure() -> dict[str, float]:
+        return {**await server_floor(cfg), **await client_floor(cfg)}
+
+    if loop == "asyncio":
+        results = asyncio.run(measure())
+    else:
+        import uvloop
+
+        results = uvloop.run(measure())
+    text = (
+        f"## Python cost per message, TCP, in one process ({loop})\n\n"
+        "`python -m bench --floor`: no sockets; see bench/floor.py. The client rows include "
+        "the raw server's code answering in the same process.\n\n" + table(results) + "\n"
+    )
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "floor.md").write_text(text)
