@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from . import raw_tcp
+from . import impl_polybus, raw_tcp
 from .common import EXPECTED, PAYLOAD, Config
 
 CHUNK = 100
@@ -89,11 +90,16 @@ async def cpu_per_message(step: Callable[[], Awaitable[int]], seconds: float = 1
     return sorted(results)[2]
 
 
-async def server_floor(cfg: Config) -> dict[str, float]:
-    from polybus import Microservice
+class Row(NamedTuple):
+    side: str
+    scenario: str
+    polybus: float
+    raw: float
+
+
+async def server_floor(cfg: Config) -> list[Row]:
     from polybus.transports.tcp._server import _ServerConnection
 
-    app = Microservice("tcp://127.0.0.1:0")
     handled = 0
     all_handled: asyncio.Future[None] | None = None
 
@@ -109,45 +115,62 @@ async def server_floor(cfg: Config) -> dict[str, float]:
     def count_replies(data: bytes) -> None:
         count(data.count(b"#{"))  # one per reply frame
 
-    @app.message_pattern(cfg.rpc)
-    async def total(data: Any) -> int:
-        return sum(data["a"])
+    def reading(conn: asyncio.Protocol, read: bytes) -> Callable[[], Awaitable[int]]:
+        MemorySocket(conn, count_replies)
 
-    @app.event_pattern(cfg.event)
-    async def counted(data: Any) -> None:
-        count_one()
+        async def step() -> int:
+            nonlocal handled, all_handled
+            handled = 0
+            all_handled = asyncio.get_running_loop().create_future()
+            conn.data_received(read)  # polybus works off a read 16 frames a turn
+            await all_handled
+            return CHUNK
+
+        return step
 
     deadline = {"x-polybus-deadline": f"{time.time() + 3600:.3f}"}
     request = {"pattern": cfg.rpc, "data": PAYLOAD}
+    with_deadline = {**request, "metadata": deadline}
     reads = {
-        "rpc (deadline sent)": frames({**request, "metadata": deadline}, CHUNK, ids=True),
-        "rpc": frames(request, CHUNK, ids=True),
-        "events": frames({"pattern": cfg.event, "data": PAYLOAD}, CHUNK, ids=False),
+        "request, deadline in metadata": frames(with_deadline, CHUNK, ids=True),
+        "request": frames(request, CHUNK, ids=True),
+        "event": frames({"pattern": cfg.event, "data": PAYLOAD}, CHUNK, ids=False),
     }
-    out: dict[str, float] = {}
-    async with app:
-        for name, read in reads.items():
-            for impl in ("polybus", "raw"):
-                conn: asyncio.Protocol = (
-                    _ServerConnection(app.transport)  # type: ignore[arg-type]
-                    if impl == "polybus"
-                    else raw_tcp.ServerProtocol(count_one)
+    rows = []
+    async with impl_polybus.serve(cfg, count_one) as app:  # the service the cells run
+        for scenario, read in reads.items():
+            polybus = _ServerConnection(app.transport)  # type: ignore[arg-type]
+            raw = raw_tcp.ServerProtocol(count_one)
+            rows.append(
+                Row(
+                    "server",
+                    scenario,
+                    await cpu_per_message(reading(polybus, read)),
+                    await cpu_per_message(reading(raw, read)),
                 )
-                MemorySocket(conn, count_replies)
-
-                async def step(conn: asyncio.Protocol = conn, read: bytes = read) -> int:
-                    nonlocal handled, all_handled
-                    handled = 0
-                    all_handled = asyncio.get_running_loop().create_future()
-                    conn.data_received(read)  # polybus works off a read 16 frames a turn
-                    await all_handled
-                    return CHUNK
-
-                out[f"server {name} {impl}"] = await cpu_per_message(step)
-    return out
+            )
+    return rows
 
 
-async def client_floor(cfg: Config) -> dict[str, float]:
+def calling(
+    call: Callable[[], Awaitable[Any]], callers: int, *, check: bool = True
+) -> Callable[[], Awaitable[int]]:
+    """A step: ``callers`` tasks each making 20 calls in a row."""
+
+    async def caller() -> None:
+        for _ in range(20):
+            result = await call()
+            if check and result != EXPECTED:
+                raise AssertionError(f"bad reply {result!r}")
+
+    async def step() -> int:
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        return 20 * callers
+
+    return step
+
+
+async def client_floor(cfg: Config) -> list[Row]:
     from polybus import create_client
     from polybus.transports.tcp._common import FramedConnection
 
@@ -162,72 +185,49 @@ async def client_floor(cfg: Config) -> dict[str, float]:
         conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
         attach(conn)
         transport._conn = conn  # type: ignore[attr-defined]
-        await transport.connect(proxy)  # already connected: binds the proxy, opens nothing
-        proxy._connected = True
+        await proxy.connect()  # the connection is there: binds the proxy, opens nothing
         return proxy
 
     raw = raw_tcp.Client(cfg)
     attach(raw)
     default = await polybus_client()
     untimed = await polybus_client(timeout=None)
-    callers: dict[str, Callable[[], Awaitable[Any]]] = {
-        "polybus": lambda: default.send(cfg.rpc, PAYLOAD),
-        "polybus (no timeout)": lambda: untimed.send(cfg.rpc, PAYLOAD),
-        "raw": lambda: raw.call(PAYLOAD),
-    }
-    emitters: dict[str, Callable[[], Awaitable[Any]]] = {
-        "polybus": lambda: default.emit(cfg.event, PAYLOAD),
-        "raw": lambda: raw.emit(PAYLOAD),
-    }
-    out: dict[str, float] = {}
-    for scenario, concurrency, impls in (
-        ("rpc c=100", CHUNK, callers),
-        ("rpc c=1", 1, callers),
-        ("events c=100", CHUNK, emitters),
-    ):
-        for impl, call in impls.items():
-
-            async def step(
-                call: Callable[[], Awaitable[Any]] = call,
-                n: int = concurrency,
-                check: bool = scenario.startswith("rpc"),
-            ) -> int:
-                async def caller() -> None:
-                    for _ in range(20):
-                        result = await call()
-                        if check and result != EXPECTED:
-                            raise AssertionError(f"bad reply {result!r}")
-
-                await asyncio.gather(*(caller() for _ in range(n)))
-                return 20 * n
-
-            out[f"client {scenario} {impl}"] = await cpu_per_message(step)
+    rows = []
+    for scenario, callers in (("RPC, 100 in flight", CHUNK), ("RPC, one at a time", 1)):
+        raw_cost = await cpu_per_message(calling(partial(raw.call, PAYLOAD), callers))
+        for label, proxy in ((scenario, default), (f"{scenario}, no timeout", untimed)):
+            cost = await cpu_per_message(calling(partial(proxy.send, cfg.rpc, PAYLOAD), callers))
+            rows.append(Row("client", label, cost, raw_cost))
+    rows.append(
+        Row(
+            "client",
+            "events, 100 in flight",
+            await cpu_per_message(
+                calling(partial(default.emit, cfg.event, PAYLOAD), CHUNK, check=False)
+            ),
+            await cpu_per_message(calling(partial(raw.emit, PAYLOAD), CHUNK, check=False)),
+        )
+    )
     await default.close()
     await untimed.close()
-    return out
+    return rows
 
 
-def table(results: dict[str, float]) -> str:
+def table(rows: list[Row]) -> str:
     lines = [
         "| side | scenario | polybus µs/msg | raw µs/msg | raw/polybus |",
         "|---|---|---|---|---|",
     ]
-    for key, value in results.items():
-        side, rest = key.split(" ", 1)
-        if rest.endswith(" raw"):
-            continue
-        scenario, _, impl = rest.rpartition(" polybus")
-        raw = results[f"{side} {scenario} raw"]
-        label = scenario + impl.replace("(", "— ").replace(")", "")
-        lines.append(f"| {side} | {label} | {value:.2f} | {raw:.2f} | {raw / value:.2f} |")
+    for side, scenario, polybus, raw in rows:
+        lines.append(f"| {side} | {scenario} | {polybus:.2f} | {raw:.2f} | {raw / polybus:.2f} |")
     return "\n".join(lines)
 
 
 def main(loop: str, out: Path) -> None:
     cfg = Config(impl="polybus", transport="tcp", prefix="floor")
 
-    async def measure() -> dict[str, float]:
-        return {**await server_floor(cfg), **await client_floor(cfg)}
+    async def measure() -> list[Row]:
+        return [*await server_floor(cfg), *await client_floor(cfg)]
 
     if loop == "asyncio":
         results = asyncio.run(measure())
