@@ -72,6 +72,7 @@ class _ServerConnection(FramedConnection):
         self._server = server
         self._inbox: deque[bytes] = deque()
         self._reader: asyncio.Task[None] | None = None
+        """The running reader's task, held here: the event loop keeps only weak references."""
         self._reading = False
         self._reading_paused = False
 
