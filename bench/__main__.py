@@ -30,8 +30,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default="rpc1,rpc100,events100",
-        help="comma-separated: rpc<concurrency> or events<concurrency>",
+        help="comma-separated: rpc<concurrency> or events<concurrency> "
+        "(default: rpc1,rpc100,events100; rpc100 with --profile)",
     )
     parser.add_argument("--quick", action="store_true", help="short runs (about 2 minutes)")
     loop = parser.add_mutually_exclusive_group()
@@ -43,9 +43,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="measured runs per cell")
     parser.add_argument("--duration", type=float, help="seconds per measured run")
     parser.add_argument("--memory", action="store_true", help="run the memory check instead")
-    parser.add_argument(
-        "--profile", metavar="TRANSPORTS", help="profile polybus RPC c=100 on these instead"
-    )
+    parser.add_argument("--profile", metavar="TRANSPORTS", help="profile polybus on these instead")
     parser.add_argument(
         "--floor", action="store_true", help="measure the Python cost per message instead"
     )
@@ -62,6 +60,9 @@ def scenario(text: str) -> tuple[str, int]:
 def main(argv: list[str]) -> None:
     args = parse(argv)
     args.impls_given = args.impls is not None
+    profiled = args.scenarios or "rpc100"
+    if args.scenarios is None:
+        args.scenarios = "rpc1,rpc100,events100"
     if args.impls is None:
         args.impls = ",".join(runner.IMPLS)
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
@@ -81,7 +82,13 @@ def main(argv: list[str]) -> None:
         impls = (
             tuple(i.strip() for i in args.impls.split(",")) if args.impls_given else ("polybus",)
         )
-        profile.main([t.strip() for t in args.profile.split(",")], args.out, args.loop, impls)
+        profile.main(
+            [t.strip() for t in args.profile.split(",")],
+            args.out,
+            args.loop,
+            impls,
+            [scenario(s.strip()) for s in profiled.split(",") if s.strip()],
+        )
         return
     base = runner.QUICK if args.quick else runner.FULL
     plan = Plan(

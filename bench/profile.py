@@ -1,6 +1,7 @@
-"""Where polybus spends its time at RPC concurrency 100 (``python -m bench --profile tcp,...``).
+"""Where polybus spends its time (``python -m bench --profile tcp,... [--scenarios rpc1]``).
 
-Per transport: the polybus server and client run as in the benchmark; once warm, py-spy
+Per transport and scenario (RPC at concurrency 100 unless ``--scenarios`` says otherwise):
+the server and client (polybus, or ``--impls`` given) run as in the benchmark; once warm, py-spy
 samples both processes (``--nonblocking``, 250 Hz, CPU time only) for a few seconds. The
 report gives, per side, the share of samples by layer (polybus core, the adapter, the
 broker's client library, asyncio, ...) and the functions with the most own time and the
@@ -10,12 +11,14 @@ most inclusive time. Raw py-spy output is kept under ``<out>/profiles/``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +129,9 @@ async def record(pid: int, path: Path, seconds: float) -> asyncio.subprocess.Pro
     )
 
 
-async def profile(transport: str, out: Path, loop: str, impl: str = "polybus") -> list[str]:
+async def profile(
+    transport: str, out: Path, loop: str, impl: str, scenario: tuple[str, int]
+) -> list[str]:
     cfg = Config(
         impl=impl,
         transport=transport,
@@ -134,9 +139,11 @@ async def profile(transport: str, out: Path, loop: str, impl: str = "polybus") -
         tcp_port=runner.free_port(),
         loop=loop,
         plan=Plan(warmup=2.0, runs=1, duration=SECONDS + 2.0),
-        scenarios=[("rpc", 100)],
+        scenarios=[scenario],
     )
-    stem = out / f"{transport}-{impl}-{loop}"
+    kind, concurrency = scenario
+    title = f"{'RPC' if kind == 'rpc' else 'events'} c={concurrency}"
+    stem = out / f"{transport}-{impl}-{loop}-{kind}{concurrency}"
     await runner.hook(cfg, "prepare")
     server = await asyncio.create_subprocess_exec(
         *runner.command("server", cfg),
@@ -173,7 +180,7 @@ async def profile(transport: str, out: Path, loop: str, impl: str = "polybus") -
         ),
         None,
     )
-    lines = [f"## {transport} ({impl}, {loop}): RPC c=100", ""]
+    lines = [f"## {transport} ({impl}, {loop}): {title}", ""]
     try:
         cell = json.loads(result.splitlines()[-1])
         run = cell["runs"][0]
@@ -202,7 +209,11 @@ def gc_text(stats: dict[str, Any] | None) -> str:
 
 
 def main(
-    transports: list[str], out: Path, loop: str, impls: tuple[str, ...] = ("polybus",)
+    transports: list[str],
+    out: Path,
+    loop: str,
+    impls: tuple[str, ...] = ("polybus",),
+    scenarios: Sequence[tuple[str, int]] = (("rpc", 100),),
 ) -> None:
     loops = ["uvloop", "asyncio"] if loop == "both" else [loop]
     directory = out / "profiles" / time.strftime("%Y%m%d-%H%M%S")
@@ -214,10 +225,9 @@ def main(
         ):
             report += [f"## {transport}: skipped", ""]
             continue
-        for impl in impls:
-            for name in loops:
-                print(f"## profiling {transport} {impl} {name} ...", file=sys.stderr, flush=True)
-                report += [*asyncio.run(profile(transport, directory, name, impl)), ""]
+        for scenario, impl, name in itertools.product(scenarios, impls, loops):
+            print(f"## profiling {transport} {impl} {name} {scenario}", file=sys.stderr, flush=True)
+            report += [*asyncio.run(profile(transport, directory, name, impl, scenario)), ""]
     text = "\n".join(report)
     (out / "profile.md").write_text(text)
     print(text)
