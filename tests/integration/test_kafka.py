@@ -25,7 +25,7 @@ pytest.importorskip("aiokafka")
 from aiokafka import AIOKafkaConsumer
 
 from polybus.transports.kafka import KafkaContext, KafkaOptions
-from polybus.transports.kafka._server import _Partition
+from polybus.transports.kafka._partition import Partition
 
 pytestmark = pytest.mark.broker("kafka")
 
@@ -279,7 +279,7 @@ async def test_object_patterns_are_a_config_error(url: str, prefix: str) -> None
 
 
 def test_commit_watermark_is_the_highest_contiguous_finished_offset() -> None:
-    part = _Partition(("t", 0), ordered=False, position=10)
+    part = Partition(("t", 0), ordered=False, position=10)
     part.pending.extend([10, 11, 14, 15])
     assert not part.finish(11) and part.commit_at == 10
     assert not part.finish(15) and part.commit_at == 10
@@ -290,12 +290,12 @@ def test_commit_watermark_is_the_highest_contiguous_finished_offset() -> None:
 def test_records_fetched_while_the_position_was_asked_for_are_kept() -> None:
     # aiokafka's position() may answer after the fetch loop got records of a just assigned
     # partition (it then says the offset after them): they start the partition, no skip.
-    part = _Partition(("t", 0), ordered=False)
+    part = Partition(("t", 0), ordered=False)
     part.queue.extend(SimpleNamespace(offset=o) for o in (5, 6))
     assert part.start(7) == 5 and part.commit_at == part.committed == 5
     assert [r.offset for r in part.queue] == [5, 6]
-    assert _Partition(("t", 0), ordered=False).start(7) == 7
-    unknown = _Partition(("t", 0), ordered=False)
+    assert Partition(("t", 0), ordered=False).start(7) == 7
+    unknown = Partition(("t", 0), ordered=False)
     unknown.queue.append(SimpleNamespace(offset=3))
     assert unknown.start(-1) == 3
 

@@ -23,8 +23,9 @@ from polybus.config import TransportPlugin
 
 from ._client import KafkaClientTransport
 from ._common import FEATURES, Codec, check_topic
+from ._context import KafkaContext
 from ._options import KafkaOptions
-from ._server import KafkaContext, KafkaServerTransport
+from ._server import KafkaServerTransport
 
 __all__ = [
     "FEATURES",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
 from typing import Any
@@ -40,14 +39,13 @@ from ._common import (
     close_quietly,
     cluster_reachable,
     fetched_batches,
+    log,
     produce,
     transport_error,
 )
 from ._options import KafkaOptions
 
 __all__ = ["KafkaClientTransport"]
-
-log = logging.getLogger("polybus.kafka")
 
 HEALTH_INTERVAL = 0.5
 """Seconds between checks that a broker is reachable (to fail pending requests promptly)."""

@@ -14,204 +14,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 
-from polybus.abc import Context, MessageSink, RouteSpec
-from polybus.errors import PolybusError, ProtocolError, TransportError
-from polybus.packets import MISSING, Reply, parse_deadline_value
+from polybus.abc import MessageSink, RouteSpec
+from polybus.errors import PolybusError, TransportError
+from polybus.packets import Reply
 from polybus.serializers import Serializer
 
 from ._admin import TopicAdmin
 from ._common import (
     CLOSE_TIMEOUT,
     CORRELATION_ID,
-    DEADLINE,
     DISPOSED_VALUE,
     FEATURES,
     NEST_ERR,
     NEST_IS_DISPOSED,
-    REPLY_PARTITION,
-    REPLY_TOPIC,
-    TYPE_HINT,
     Codec,
     check_topic,
     close_quietly,
     cluster_reachable,
     fetched_batches,
-    partition_of,
+    log,
     produce,
     transport_error,
 )
+from ._context import KafkaContext, read_record
 from ._options import KafkaOptions
+from ._partition import COMMIT_TIMEOUT, Committer, Partition
 
 __all__ = ["KafkaContext", "KafkaServerTransport"]
 
-log = logging.getLogger("polybus.kafka")
-
 _READY_TIMEOUT = 60.0
 _WATCH_INTERVAL = 1.0
-_COMMIT_TIMEOUT = 5.0
-
-
-class _Partition:
-    """One assigned partition: its queue of fetched records and its commit watermark."""
-
-    __slots__ = (
-        "active",
-        "commit_at",
-        "committed",
-        "drained",
-        "finished",
-        "next_offset",
-        "ordered",
-        "paused",
-        "pending",
-        "queue",
-        "tp",
-        "wake",
-        "worker",
-    )
-
-    def __init__(self, tp: Any, ordered: bool, position: int = -1) -> None:
-        self.tp = tp
-        self.ordered = ordered
-        self.queue: deque[Any] = deque()
-        self.pending: deque[int] = deque()
-        """Offsets handed to the microservice whose handling is not over, in order."""
-        self.finished: set[int] = set()
-        """Offsets whose handling is over while an earlier one's is not."""
-        self.next_offset = position
-        self.commit_at = position
-        self.committed = position
-        self.active = True
-        self.paused = False
-        self.wake: asyncio.Future[None] | None = None
-        self.drained: asyncio.Future[None] | None = None
-        self.worker: asyncio.Task[None] | None = None
-
-    def start(self, position: int) -> int:
-        """The position is known (-1: unknown, the first finished record sets it); returns
-        where the partition starts.
-
-        Records fetched while the position was asked for start it: by the time aiokafka's
-        ``position()`` answers, handing them over may have moved it past them, and taking
-        that later offset would skip them and commit past them."""
-        queue = self.queue
-        if queue and (position < 0 or queue[0].offset < position):
-            position = queue[0].offset
-        self.commit_at = self.committed = position
-        self.next_offset = max(self.next_offset, position)
-        return position
-
-    def finish(self, offset: int) -> bool:
-        """Handling of ``offset`` is over; True when the commit watermark moved."""
-        pending = self.pending
-        if not pending or pending[0] != offset:
-            self.finished.add(offset)
-            return False
-        pending.popleft()
-        commit_at = offset + 1
-        finished = self.finished
-        while pending and pending[0] in finished:
-            head = pending.popleft()
-            finished.discard(head)
-            commit_at = head + 1
-        self.commit_at = commit_at
-        if not pending and self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
-        return True
-
-    def notify(self) -> None:
-        wake = self.wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-
-class KafkaContext(Context):
-    """Context of a Kafka record.
-
-    ``topic``, ``partition``, ``offset``: where the record is; ``key``: its key decoded like
-    a value (None when absent); ``headers``: every header, decoded with NestJS's rule (text,
-    JSON for values starting with ``{``/``[``, bytes for values starting with ``0x00``);
-    ``record``: aiokafka's ``ConsumerRecord`` itself.
-    """
-
-    __slots__ = (
-        "_done",
-        "_headers",
-        "_part",
-        "_reply_id",
-        "_sends",
-        "_server",
-        "_settled",
-        "key",
-        "offset",
-        "partition",
-        "record",
-        "reply_partition",
-        "reply_topic",
-        "topic",
-    )
-    transport_name = "kafka"
-    _headers: dict[str, Any] | None
-
-    def __init__(
-        self,
-        server: KafkaServerTransport,
-        part: _Partition,
-        record: Any,
-        data: Any,
-        id: Any,
-        deadline: float | None,
-        key: Any,
-        reply_to: tuple[str, int | None, bytes] | None,
-    ) -> None:
-        super().__init__(record.topic, data, id, None, deadline)
-        self._server = server
-        self._part = part
-        self._settled = False
-        self._sends: list[asyncio.Future[Any]] | None = None
-        self._done: asyncio.Future[None] | None = None
-        self.record = record
-        self.topic: str = record.topic
-        self.partition: int = record.partition
-        self.offset: int = record.offset
-        self.key = key
-        if reply_to is None:
-            self.reply_topic: str | None = None
-            self.reply_partition: int | None = None
-            self._reply_id = b""
-        else:
-            self.reply_topic, self.reply_partition, self._reply_id = reply_to
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        """Every header of the record, decoded on first access."""
-        headers = self._headers
-        if headers is None:
-            parse = self._server._codec.parse
-            headers = {str(name): parse(raw) for name, raw in self.record.headers}
-            self._headers = headers
-        return headers
-
-    @headers.setter
-    def headers(self, value: dict[str, Any] | None) -> None:
-        self._headers = value
-
-    async def send_reply(self, reply: Reply) -> None:
-        if self.reply_topic is not None:
-            await self._server._reply(self, self.reply_topic, reply)
-
-    async def settle(self, ok: bool) -> None:
-        if not self._settled:
-            self._settled = True
-            self._server._settle(self)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -238,9 +76,8 @@ class KafkaServerTransport:
         self._producer: Any = None
         self._consumer: Any = None
         self._kinds: dict[str, str] = {}
-        self._parts: dict[Any, _Partition] = {}
-        self._dirty: set[_Partition] = set()
-        self._committer: asyncio.Task[None] | None = None
+        self._parts: dict[Any, Partition] = {}
+        self._commits = Committer(self.group_id, options.commit_interval_ms / 1000)
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Future[None] | None = None
         self._stopping = False
@@ -284,7 +121,7 @@ class KafkaServerTransport:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
             raise transport_error(f"connect to {options.describe()}", exc) from exc
         self._producer = producer
-        self._consumer = consumer
+        self._consumer = self._commits.consumer = consumer
         consumer.subscribe(topics, listener=_Listener(self))
         self._tasks = [loop.create_task(self._fetch()), loop.create_task(self._watch())]
         try:
@@ -329,13 +166,7 @@ class KafkaServerTransport:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(producer.flush(), CLOSE_TIMEOUT)
                 await asyncio.sleep(0)  # delivery callbacks finish their records
-            committer = self._committer
-            if committer is not None:
-                with contextlib.suppress(BaseException):
-                    await committer
-            await self._commit(
-                [p for p in self._parts.values() if p.commit_at > p.committed], consumer
-            )
+            await self._commits.close(list(self._parts.values()), consumer)
             for part in self._parts.values():
                 part.active = False
                 if part.worker is not None:
@@ -365,7 +196,7 @@ class KafkaServerTransport:
         ordered = self.options.ordered_events
         # The partitions exist before the first await: aiokafka fetches them already, and
         # the records the fetch loop gets meanwhile must be queued, not dropped.
-        parts = [_Partition(tp, ordered and self._kinds.get(tp.topic) == "event") for tp in tps]
+        parts = [Partition(tp, ordered and self._kinds.get(tp.topic) == "event") for tp in tps]
         for part in parts:
             self._parts[part.tp] = part
         # Bounded, like every commit: this runs inside the group's join, and aiokafka retries
@@ -373,7 +204,7 @@ class KafkaServerTransport:
         try:
             positions: list[int | None] = list(
                 await asyncio.wait_for(
-                    asyncio.gather(*(consumer.position(tp) for tp in tps)), _COMMIT_TIMEOUT
+                    asyncio.gather(*(consumer.position(tp) for tp in tps)), COMMIT_TIMEOUT
                 )
             )
         except (Exception, asyncio.TimeoutError) as exc:
@@ -389,7 +220,7 @@ class KafkaServerTransport:
             # A partition without committed offset gets one now: a record produced after
             # listen() returned is handled even if the partition moves before it is read.
             try:
-                await asyncio.wait_for(consumer.commit(known), _COMMIT_TIMEOUT)
+                await asyncio.wait_for(consumer.commit(known), COMMIT_TIMEOUT)
             except (Exception, asyncio.TimeoutError) as exc:
                 log.warning("kafka: group %s: commit on assignment failed: %r", self.group_id, exc)
         loop = asyncio.get_running_loop()
@@ -433,7 +264,7 @@ class KafkaServerTransport:
             if part.worker is not None:
                 part.worker.cancel()
         if consumer is not None and not lost:
-            await self._commit([p for p in parts if p.commit_at > p.committed], consumer)
+            await self._commits.commit(parts, consumer)
         log.debug(
             "kafka: group %s revoked %s",
             self.group_id,
@@ -463,7 +294,7 @@ class KafkaServerTransport:
                     consumer.pause(tp)
                 part.notify()
 
-    async def _work(self, part: _Partition) -> None:
+    async def _work(self, part: Partition) -> None:
         loop = asyncio.get_running_loop()
         queue = part.queue
         while part.active and not self._stopping:
@@ -478,10 +309,10 @@ class KafkaServerTransport:
                 continue
             record = queue.popleft()
             part.pending.append(record.offset)
-            context = self._context(part, record)
+            context = read_record(self, part, record)
             sink = self._sink
             if context is None or sink is None:
-                self._finish(part, record.offset)
+                self._commits.finished(part, record.offset)
                 continue
             if part.ordered:
                 context._done = loop.create_future()
@@ -489,44 +320,7 @@ class KafkaServerTransport:
             if context._done is not None:
                 await context._done
 
-    def _context(self, part: _Partition, record: Any) -> KafkaContext | None:
-        codec = self._codec
-        rid: bytes | None = None
-        reply_topic: bytes | None = None
-        reply_partition: bytes | None = None
-        deadline: float | None = None
-        kind: bytes | None = None
-        try:
-            for name, raw in record.headers:
-                if name == TYPE_HINT:
-                    kind = raw
-                elif name == CORRELATION_ID:
-                    rid = raw
-                elif name == REPLY_TOPIC:
-                    reply_topic = raw
-                elif name == REPLY_PARTITION:
-                    reply_partition = raw
-                elif name == DEADLINE and raw:
-                    deadline = parse_deadline_value(raw)
-            data = codec.decode_data(record.value, kind)
-            key = codec.parse(record.key) if record.key else None
-        except ProtocolError as exc:
-            log.warning(
-                "kafka: dropping undecodable record %s[%d]@%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                exc,
-            )
-            return None
-        reply_to = None
-        request_id: Any = MISSING
-        if rid and reply_topic and self._kinds.get(record.topic) != "event":
-            request_id = rid.decode("utf-8", "replace")
-            reply_to = (reply_topic.decode("utf-8", "replace"), partition_of(reply_partition), rid)
-        return KafkaContext(self, part, record, data, request_id, deadline, key, reply_to)
-
-    # -- replies and commits ------------------------------------------------------------
+    # -- replies ----------------------------------------------------------------------------
 
     async def _reply(self, context: KafkaContext, topic: str, reply: Reply) -> None:
         producer = self._producer
@@ -551,74 +345,6 @@ class KafkaServerTransport:
             context._sends = [future]
         else:
             context._sends.append(future)
-
-    def _settle(self, context: KafkaContext) -> None:
-        sends = context._sends
-        if sends:
-            waiting = [f for f in sends if not f.done()]
-            if waiting:
-                remaining = [len(waiting)]
-
-                def delivered(future: asyncio.Future[Any]) -> None:
-                    remaining[0] -= 1
-                    if remaining[0] == 0:
-                        self._delivered(context)
-
-                for future in waiting:
-                    future.add_done_callback(delivered)
-            else:
-                self._delivered(context)
-        else:
-            self._finish(context._part, context.offset)
-        done = context._done
-        if done is not None and not done.done():
-            done.set_result(None)
-
-    def _delivered(self, context: KafkaContext) -> None:
-        for future in context._sends or ():
-            exc = None if future.cancelled() else future.exception()
-            if exc is not None or future.cancelled():
-                log.warning(
-                    "kafka: reply to %s (request %s) was not delivered: %r",
-                    context.reply_topic,
-                    context.id,
-                    exc or "cancelled",
-                )
-        context._sends = None
-        self._finish(context._part, context.offset)
-
-    def _finish(self, part: _Partition, offset: int) -> None:
-        if part.finish(offset) and part.active:
-            self._dirty.add(part)
-            if self._committer is None:
-                self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
-
-    async def _commit_loop(self) -> None:
-        try:
-            while self._dirty:
-                # one commit for every record finished meanwhile (few commit requests)
-                await asyncio.sleep(self.options.commit_interval_ms / 1000)
-                parts = [p for p in self._dirty if p.active and p.commit_at > p.committed]
-                self._dirty.clear()
-                consumer = self._consumer
-                if consumer is None:
-                    return
-                await self._commit(parts, consumer)
-        finally:
-            self._committer = None
-
-    async def _commit(self, parts: list[_Partition], consumer: Any) -> None:
-        if not parts:
-            return
-        offsets = {p.tp: p.commit_at for p in parts}
-        try:
-            # bounded: aiokafka retries some errors forever (a topic deleted under it)
-            await asyncio.wait_for(consumer.commit(offsets), _COMMIT_TIMEOUT)
-        except (Exception, asyncio.TimeoutError) as exc:
-            log.warning("kafka: group %s: commit of %s failed: %r", self.group_id, offsets, exc)
-            return
-        for part in parts:
-            part.committed = max(part.committed, offsets[part.tp])
 
     # -- broker restarts ----------------------------------------------------------------
 
@@ -660,14 +386,14 @@ class KafkaServerTransport:
                 self._admin.ensure(
                     [*kinds, *(t + ".reply" for t, k in kinds.items() if k == "message")]
                 ),
-                _COMMIT_TIMEOUT,
+                COMMIT_TIMEOUT,
             )
         except (PolybusError, asyncio.TimeoutError) as exc:
             log.warning("kafka: group %s: re-creating topics failed: %r", self.group_id, exc)
         client = getattr(self._consumer, "_client", None)
         if client is not None:
             with contextlib.suppress(Exception, asyncio.TimeoutError):
-                await asyncio.wait_for(client.force_metadata_update(), _COMMIT_TIMEOUT)
+                await asyncio.wait_for(client.force_metadata_update(), COMMIT_TIMEOUT)
 
     def __repr__(self) -> str:
         return f"KafkaServerTransport({self.options.describe()}, group={self.group_id!r})"
