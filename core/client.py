@@ -125,7 +125,7 @@ class Call:
         rid, release = await proxy._start(self, pending)
         try:
             while not pending.done:
-                waiter = pending.waiter = asyncio.get_running_loop().create_future()
+                waiter = pending.waiter = proxy._loop.create_future()
                 await waiter
         finally:
             proxy._finish(rid, pending, release, self._timeout)
@@ -144,7 +144,7 @@ class Call:
                     yield pending.items.popleft()
                 if pending.done:
                     break
-                waiter = pending.waiter = asyncio.get_running_loop().create_future()
+                waiter = pending.waiter = proxy._loop.create_future()
                 await waiter
         finally:
             proxy._finish(rid, pending, release, self._timeout)
@@ -200,6 +200,8 @@ class ClientProxy:
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the proxy runs on: looked up once (``get_running_loop()`` costs a
+        ``getpid()`` system call before Python 3.12)."""
         loop = self._loop_ref
         if loop is None:
             loop = self._loop_ref = asyncio.get_running_loop()

@@ -66,6 +66,8 @@ class Microservice:
         self._messages: dict[str, Handler] = {}
         self._events: dict[str, list[Handler]] = {}
         self._slots: Slots | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The serving loop, kept: ``get_running_loop()`` costs a system call before 3.12."""
         self._inflight: set[asyncio.Task[None]] = set()
         self._listening = False
         self._closing = False
@@ -147,6 +149,7 @@ class Microservice:
             return
         transport = self.transport
         self._slots = Slots(self.max_concurrency)
+        self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._listening = True
         try:
@@ -228,13 +231,14 @@ class Microservice:
         if self._closing:
             return  # left unsettled: redelivered where the broker keeps it, not rejected
         slots = self._slots
-        assert slots is not None
+        loop = self._loop
+        assert slots is not None and loop is not None
         if slots.free:
             slots.free -= 1
         else:
             await slots.wait()
         try:
-            task = start_eagerly(asyncio.get_running_loop(), self._handling(context))
+            task = start_eagerly(loop, self._handling(context))
         except Exception:
             slots.release()
             log.exception("handler task failed")

@@ -36,7 +36,8 @@ class FramedConnection(asyncio.Protocol):
         self._on_frames = on_frames
         self._out: list[bytes] = []
         self._paused: asyncio.Future[None] | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
         self.peer: Any = None
         self.error: BaseException | None = None
         """Why we aborted the connection (a ``ProtocolError``), if we did."""
@@ -59,7 +60,7 @@ class FramedConnection(asyncio.Protocol):
         out = self._out
         out.append(data)
         if len(out) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         out, self._out = self._out, []
@@ -77,7 +78,7 @@ class FramedConnection(asyncio.Protocol):
             await asyncio.shield(self._paused)
 
     def pause_writing(self) -> None:
-        self._paused = asyncio.get_running_loop().create_future()
+        self._paused = self.loop.create_future()
 
     def resume_writing(self) -> None:
         paused, self._paused = self._paused, None

@@ -85,7 +85,7 @@ class _ServerConnection(FramedConnection):
         inbox.extend(frames)
         if not self._reading:
             self._reading = True
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             if len(inbox) <= _FRAMES_PER_TURN:  # a caller waits on these: answer right now
                 self._reader = start_eagerly(loop, self._read())
             else:  # a backlog: this read's turn ends here, the next chunk in the next one
