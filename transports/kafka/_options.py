@@ -84,7 +84,11 @@ class KafkaOptions(TransportOptions):
 
     # producers
     acks: int | str = -1
-    linger_ms: int = 1
+    linger_ms: int = 0
+    """How long the producer waits for more records before sending a batch. Records still
+    batch while a produce request is in flight; each millisecond here is added to every hop
+    (aiokafka's default too; measured here, 1 ms cost a request-reply 2 ms and halved events
+    at 100 in flight)."""
     max_batch_size: int = 1024 * 1024
     compression_type: str | None = None
     send: dict[str, Any] | None = None
