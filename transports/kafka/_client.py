@@ -292,21 +292,14 @@ class KafkaClientTransport:
                     on_record(record)
 
     def _on_record(self, record: Any) -> None:
-        rid: str | None = None
-        err: Any = MISSING
-        kind: bytes | None = None
-        disposed = False
-        for name, raw in record.headers:
-            if name == CORRELATION_ID:
-                rid = raw.decode("utf-8", "replace") if raw is not None else None
-            elif name == TYPE_HINT:
-                kind = raw
-            elif name == NEST_ERR:
-                err = raw
-            elif name == NEST_IS_DISPOSED:
-                disposed = True
-        if rid is None:
+        headers: dict[str, bytes | None] = dict(record.headers)  # a repeated header: the last
+        raw_id = headers.get(CORRELATION_ID)
+        if raw_id is None:
             return
+        rid = raw_id.decode("utf-8", "replace")
+        kind = headers.get(TYPE_HINT)
+        err: Any = headers.get(NEST_ERR, MISSING)
+        disposed = NEST_IS_DISPOSED in headers
         streamed = self._inflight.get(rid)
         sink = self._sink
         if streamed is None or sink is None:

@@ -142,24 +142,13 @@ class KafkaContext(Context):
 def read_record(server: KafkaServerTransport, part: Partition, record: Any) -> KafkaContext | None:
     """The context of ``record``; ``None`` (logged) when it cannot be decoded."""
     codec = server._codec
-    rid: bytes | None = None
-    reply_topic: bytes | None = None
-    reply_partition: bytes | None = None
-    deadline: float | None = None
-    kind: bytes | None = None
+    headers: dict[str, bytes | None] = dict(record.headers)  # a repeated header: the last
+    rid = headers.get(CORRELATION_ID)
+    reply_topic = headers.get(REPLY_TOPIC)
+    raw_deadline = headers.get(DEADLINE)
+    deadline = parse_deadline_value(raw_deadline) if raw_deadline else None
     try:
-        for name, raw in record.headers:
-            if name == TYPE_HINT:
-                kind = raw
-            elif name == CORRELATION_ID:
-                rid = raw
-            elif name == REPLY_TOPIC:
-                reply_topic = raw
-            elif name == REPLY_PARTITION:
-                reply_partition = raw
-            elif name == DEADLINE and raw:
-                deadline = parse_deadline_value(raw)
-        data = codec.decode_data(record.value, kind)
+        data = codec.decode_data(record.value, headers.get(TYPE_HINT))
         key = codec.parse(record.key) if record.key else None
     except ProtocolError as exc:
         log.warning(
@@ -174,5 +163,6 @@ def read_record(server: KafkaServerTransport, part: Partition, record: Any) -> K
     request_id: Any = MISSING
     if rid and reply_topic and server._kinds.get(record.topic) != "event":
         request_id = rid.decode("utf-8", "replace")
-        reply_to = (reply_topic.decode("utf-8", "replace"), partition_of(reply_partition), rid)
+        reply_partition = partition_of(headers.get(REPLY_PARTITION))
+        reply_to = (reply_topic.decode("utf-8", "replace"), reply_partition, rid)
     return KafkaContext(server, part, record, data, request_id, deadline, key, reply_to)
