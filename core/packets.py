@@ -134,10 +134,9 @@ def encode_request(serializer: Serializer, request: Request, *, metadata: bool =
     expose (``TcpContext.getMetadata()``); for transports without message headers."""
     packet: dict[str, Any] = {"pattern": request.pattern, "data": request.data, "id": request.id}
     if metadata:
-        if request.headers:
-            packet["metadata"] = merge_headers(request.headers, deadline=request.deadline)
-        elif request.deadline is not None:  # the usual case, without the general merge
-            packet["metadata"] = {DEADLINE_HEADER: f"{request.deadline:.3f}"}
+        meta = merge_headers(request.headers, deadline=request.deadline)
+        if meta:
+            packet["metadata"] = meta
     return serializer.dumps(packet)
 
 
