@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._common import log
@@ -100,15 +100,15 @@ class Committer:
     """Commits the watermarks of partitions: every record finished within
     ``commit_interval`` goes out in one commit request."""
 
-    __slots__ = ("_dirty", "_group", "_interval", "_task", "consumer")
+    __slots__ = ("_consumer", "_dirty", "_group", "_interval", "_task")
 
-    def __init__(self, group_id: str, interval: float) -> None:
+    def __init__(self, group_id: str, interval: float, consumer: Callable[[], Any]) -> None:
         self._group = group_id
         self._interval = interval
+        self._consumer = consumer
+        """The group's consumer now; ``None`` once the server let it go (commits then stop)."""
         self._dirty: set[Partition] = set()
         self._task: asyncio.Task[None] | None = None
-        self.consumer: Any = None
-        """The group's consumer; ``None`` once the server let it go (commits then stop)."""
 
     def finished(self, part: Partition, offset: int) -> None:
         """Handling of ``offset`` is over: its partition's watermark goes in the next commit."""
@@ -123,7 +123,7 @@ class Committer:
                 await asyncio.sleep(self._interval)
                 parts = [p for p in self._dirty if p.active and p.commit_at > p.committed]
                 self._dirty.clear()
-                consumer = self.consumer
+                consumer = self._consumer()
                 if consumer is None:
                     return
                 await self.commit(parts, consumer)
@@ -146,7 +146,6 @@ class Committer:
 
     async def close(self, parts: Sequence[Partition], consumer: Any) -> None:
         """Let the running commit end, then commit what finished on ``parts`` since."""
-        self.consumer = None
         task = self._task
         if task is not None:
             with contextlib.suppress(BaseException):

@@ -46,7 +46,7 @@ from ._context import KafkaContext, read_record
 from ._options import KafkaOptions
 from ._partition import COMMIT_TIMEOUT, Committer, Partition
 
-__all__ = ["KafkaContext", "KafkaServerTransport"]
+__all__ = ["KafkaServerTransport"]
 
 _READY_TIMEOUT = 60.0
 _WATCH_INTERVAL = 1.0
@@ -77,7 +77,9 @@ class KafkaServerTransport:
         self._consumer: Any = None
         self._kinds: dict[str, str] = {}
         self._parts: dict[Any, Partition] = {}
-        self._commits = Committer(self.group_id, options.commit_interval_ms / 1000)
+        self._commits = Committer(
+            self.group_id, options.commit_interval_ms / 1000, lambda: self._consumer
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Future[None] | None = None
         self._stopping = False
@@ -121,7 +123,7 @@ class KafkaServerTransport:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
             raise transport_error(f"connect to {options.describe()}", exc) from exc
         self._producer = producer
-        self._consumer = self._commits.consumer = consumer
+        self._consumer = consumer
         consumer.subscribe(topics, listener=_Listener(self))
         self._tasks = [loop.create_task(self._fetch()), loop.create_task(self._watch())]
         try:
