@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 
 from polybus.abc import ConnectionStatus, Release, ReplySink
-from polybus.errors import PolybusError, ProtocolError, RequestTimeout, TransportError
+from polybus.errors import ProtocolError, RequestTimeout, TransportError
 from polybus.packets import MISSING, Event, Record, Reply, Request
 from polybus.serializers import Serializer
 
@@ -44,12 +44,12 @@ from ._common import (
     transport_error,
 )
 from ._options import KafkaOptions
+from ._replies import ReplyPartitions
 
 __all__ = ["KafkaClientTransport"]
 
 HEALTH_INTERVAL = 0.5
 """Seconds between checks that a broker is reachable (to fail pending requests promptly)."""
-_RESYNC_TIMEOUT = 5.0
 
 
 class _Route:
@@ -82,7 +82,7 @@ class KafkaClientTransport:
         self._routes: dict[str, _Route] = {}
         self._topics: set[str] = set()
         self._preparing: dict[str, asyncio.Task[Any]] = {}
-        self._assign_lock: asyncio.Lock | None = None
+        self._replies: ReplyPartitions | None = None
         self._inflight: dict[str, bool] = {}
         """Request id → whether a non-final item arrived (its null completion is no item)."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,7 +94,6 @@ class KafkaClientTransport:
 
     async def connect(self, sink: ReplySink) -> None:
         options = self.options
-        self._assign_lock = asyncio.Lock()
         producer = AIOKafkaProducer(**options.producer_kwargs("client"))
         consumer = AIOKafkaConsumer(**options.consumer_kwargs("client"))
         try:
@@ -105,6 +104,7 @@ class KafkaClientTransport:
         self._sink = sink
         self._producer = producer
         self._consumer = consumer
+        self._replies = ReplyPartitions(consumer, self._admin)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
 
@@ -120,6 +120,7 @@ class KafkaClientTransport:
                 await task
         producer, consumer = self._producer, self._consumer
         self._producer = self._consumer = None
+        self._replies = None
         for part in (consumer, producer):
             if part is not None:
                 await close_quietly(part.stop())
@@ -246,41 +247,14 @@ class KafkaClientTransport:
         ids = await self._admin.partitions(reply_topic)
         pinned = self.options.reply_partition
         partition = pinned if pinned is not None and pinned in ids else ids[self._seed % len(ids)]
-        await self._assign(reply_topic, partition)
+        replies = self._replies
+        if replies is None:
+            raise TransportError("kafka client is closed")
+        await replies.add(reply_topic, partition)
         ready = _Route(route, reply_topic, partition)
         self._routes[route] = ready
         self._topics.add(route)
         return ready
-
-    async def _assign(self, topic: str, partition: int) -> None:
-        """Add ``topic[partition]`` to the assignment at its end, keeping the others' positions."""
-        consumer = self._consumer
-        lock = self._assign_lock
-        assert lock is not None
-        tp = TopicPartition(topic, partition)
-        async with lock:
-            try:
-                current = set(consumer.assignment())
-                others = [old for old in current if old != tp]
-                # First wait until every position is known; the second pass then reads them
-                # all without yielding, so the reader cannot move one in between.
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        asyncio.gather(*(consumer.position(old) for old in others)), 5.0
-                    )
-                # a position still unknown falls back to the end (auto_offset_reset)
-                known = [old for old in others if _known(consumer, old)]
-                positions = {old: await consumer.position(old) for old in known}
-                if tp not in current:
-                    consumer.assign([*current, tp])
-                    for old, offset in positions.items():
-                        consumer.seek(old, offset)
-                await consumer.seek_to_end(tp)
-                await consumer.position(tp)
-            except PolybusError:
-                raise
-            except (Exception, asyncio.TimeoutError) as exc:
-                raise transport_error(f"assign reply partition {topic}[{partition}]", exc) from exc
 
     # -- replies ------------------------------------------------------------------------
 
@@ -358,81 +332,18 @@ class KafkaClientTransport:
                 )
 
     async def _resync_replies(self) -> None:
-        """Read again from the end a reply partition whose end went below our position.
-
-        A broker that came back without its data (in-memory storage) or a truncated log
-        restarts the partition at a lower offset. Apache Kafka answers a fetch past the end
-        with OFFSET_OUT_OF_RANGE and aiokafka resets the position itself, but compatible
-        brokers (tansu) just leave the fetch waiting, and the replies written from the new
-        end on would never be read. The fetches' high watermark shows it without a request;
-        the end offset (ListOffsets) confirms it. The topics went with the data, so they
-        are created again before the seek (as always, without relying on auto-creation).
-        """
-        consumer = self._consumer
-        lock = self._assign_lock
-        if consumer is None or lock is None or not self._routes:
+        replies = self._replies
+        if replies is None or not self._routes:
             return
-        behind = []
-        for ready in self._routes.values():
-            tp = TopicPartition(ready.reply_topic, ready.partition)
-            position = _position(consumer, tp)
-            with contextlib.suppress(Exception):
-                high = consumer.highwater(tp)
-                if position is not None and high is not None and high < position:
-                    behind.append(tp)
-        if not behind:
-            return
-        topics = [*self._topics, *(r.reply_topic for r in self._routes.values())]
-        async with lock:
-            try:
-                ends = await asyncio.wait_for(consumer.end_offsets(behind), _RESYNC_TIMEOUT)
-            except (Exception, asyncio.TimeoutError) as exc:
-                log.warning("kafka: repositioning reply partitions %s failed: %r", behind, exc)
-                return
-            moved = {}
-            for tp in behind:
-                end, position = ends.get(tp), _position(consumer, tp)
-                if end is not None and position is not None and end < position:
-                    moved[tp] = end
-            if not moved:
-                return  # a high watermark older than a seek to the end
-            try:
-                await asyncio.wait_for(self._admin.ensure(topics), _RESYNC_TIMEOUT)
-            except (Exception, asyncio.TimeoutError) as exc:
-                log.warning("kafka: re-creating topics %s failed: %r", topics, exc)
-            for tp, end in moved.items():
-                log.warning(
-                    "kafka: reply partition %s[%d] ends at %d, below the position read "
-                    "(the broker lost its data?): reading it from there",
-                    tp.topic,
-                    tp.partition,
-                    end,
-                )
-                consumer.seek(tp, end)
+        routes = self._routes.values()
+        partitions = [TopicPartition(ready.reply_topic, ready.partition) for ready in routes]
+        topics = [*self._topics, *(ready.reply_topic for ready in routes)]
         producer = self._producer
-        if producer is not None:
+        if await replies.resync(partitions, topics) and producer is not None:
             producer.client.force_metadata_update()  # partition counts of re-created topics
 
     def __repr__(self) -> str:
         return f"KafkaClientTransport({self.options.describe()})"
-
-
-def _known(consumer: Any, tp: Any) -> bool:
-    """Whether ``tp``'s position is known (``position()`` then returns without waiting)."""
-    try:
-        state = consumer._subscription.subscription.assignment.state_value(tp)
-        return bool(state is not None and state.has_valid_position)
-    except AttributeError:
-        return True
-
-
-def _position(consumer: Any, tp: Any) -> int | None:
-    """``tp``'s position if it is known (None while it is being reset)."""
-    try:
-        state = consumer._subscription.subscription.assignment.state_value(tp)
-        return int(state.position) if state is not None and state.has_valid_position else None
-    except (AttributeError, AssertionError):
-        return None
 
 
 def _record_options(
