@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
 from .abc import ClientTransport, ConnectionStatus, Release, no_release
-from .errors import ConfigError, RequestTimeout, RpcError, TransportError
+from .deadlines import Deadlines
+from .errors import ConfigError, RpcError, TransportError
 from .packets import MISSING, Event, Record, Reply, Request, new_id_factory
 from .patterns import to_route
 
@@ -180,7 +180,7 @@ class ClientProxy:
         self._status = ConnectionStatus.DISCONNECTED
         self._listeners: list[StatusListener] = []
         self._loop_ref: asyncio.AbstractEventLoop | None = None
-        self._deadlines: _Deadlines | None = None
+        self._deadlines: Deadlines | None = None
 
     # -- state ---------------------------------------------------------------------------
 
@@ -358,7 +358,7 @@ class ClientProxy:
         if timeout is not None:
             deadlines = self._deadlines
             if deadlines is None:
-                deadlines = self._deadlines = _Deadlines(self._loop)
+                deadlines = self._deadlines = Deadlines(self._loop)
             deadlines.add(timeout, rid, pending, call._pattern)
         return rid, release
 
@@ -377,71 +377,6 @@ class ClientProxy:
     def __repr__(self) -> str:
         name = f" {self.name}" if self.name else ""
         return f"<ClientProxy{name} transport={self.transport!r} status={self._status.value}>"
-
-
-class _Deadlines:
-    """Times requests out without a timer per request.
-
-    Requests that share a timeout expire in the order they started, so one
-    insertion-ordered dict per timeout value (to the millisecond; keyed by request id, so a
-    finished call is forgotten at once) and a single loop timer for the earliest deadline
-    are enough.
-    """
-
-    __slots__ = ("_at", "_loop", "_queues", "_timer")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queues: dict[float, dict[str, tuple[float, _Pending, Any]]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = math.inf
-
-    def add(self, timeout: float, rid: str, pending: _Pending, pattern: Any) -> None:
-        at = self._loop.time() + timeout
-        queue = self._queues.get(timeout)
-        if queue is None:
-            # computed timeouts (what is left of a budget) share a queue per millisecond;
-            # rounding is slow, so a timeout that is already a key skips it
-            key = round(timeout, 3)
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = {}
-        queue[rid] = (at, pending, pattern)
-        if at < self._at:
-            self._schedule(at)
-
-    def discard(self, timeout: float, rid: str) -> None:
-        queue = self._queues.get(timeout)
-        if queue is None:
-            queue = self._queues.get(round(timeout, 3))
-        if queue is not None:
-            queue.pop(rid, None)
-
-    def _schedule(self, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._at = at
-        self._timer = self._loop.call_at(at, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        self._at = math.inf
-        now = self._loop.time()
-        following = math.inf
-        for timeout, queue in list(self._queues.items()):
-            expired = []
-            for rid, (at, pending, pattern) in queue.items():
-                if at > now:
-                    following = min(following, at)
-                    break
-                expired.append((rid, pending, pattern))
-            for rid, pending, pattern in expired:
-                del queue[rid]
-                pending.fail(RequestTimeout(f"no reply to {pattern!r} within {timeout:g}s"))
-            if not queue:
-                del self._queues[timeout]
-        if following < math.inf:
-            self._schedule(following)
 
 
 def _with_headers(record: Record | None, data: Any, headers: dict[str, str]) -> Record:
