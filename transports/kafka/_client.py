@@ -260,9 +260,11 @@ class KafkaClientTransport:
 
     async def _read(self) -> None:
         on_record = self._on_record
+        replies = self._replies
+        assert replies is not None
         async for batches in fetched_batches(self._consumer, "reading replies", 0.1):
-            for records in batches.values():
-                for record in records:
+            for tp, records in batches.items():
+                for record in replies.taken(tp, records):
                     on_record(record)
 
     def _on_record(self, record: Any) -> None:

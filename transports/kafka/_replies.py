@@ -1,8 +1,9 @@
 """The client's reply partitions: assigned by hand on a consumer without a group.
 
 A client reads its replies from partitions it assigns itself (no consumer group, so no
-rebalance; see ``_client``). Adding one must not move the others, and one whose broker lost
-its data must be read again from its new end.
+rebalance; see ``_client``). Adding one must not move the others, one whose broker lost
+its data must be read again from its new end, and a record a fetch left out is fetched
+again (see ``_holes``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from polybus.errors import PolybusError
 
 from ._admin import TopicAdmin
 from ._common import log, transport_error
+from ._holes import Holes
 
 __all__ = ["ReplyPartitions"]
 
@@ -32,6 +34,16 @@ class ReplyPartitions:
         self._consumer = consumer
         self._admin = admin
         self._lock = asyncio.Lock()
+        self._holes = Holes(consumer)
+        self._next: dict[Any, int] = {}
+        """Partition → the offset its next record should have."""
+
+    def taken(self, tp: Any, records: Sequence[Any]) -> Sequence[Any]:
+        """The fetched ``records`` of ``tp`` to read now (up to an offset left out)."""
+        records = self._holes.cut(tp, records, self._next.get(tp))
+        if records:
+            self._next[tp] = records[-1].offset + 1
+        return records
 
     async def add(self, topic: str, partition: int) -> None:
         """Add ``topic[partition]`` at its end, keeping the others' positions."""
@@ -56,7 +68,7 @@ class ReplyPartitions:
                     for old, offset in positions.items():
                         consumer.seek(old, offset)
                 await consumer.seek_to_end(tp)
-                await consumer.position(tp)
+                self._next[tp] = await consumer.position(tp)
             except PolybusError:
                 raise
             except (Exception, asyncio.TimeoutError) as exc:
@@ -110,6 +122,7 @@ class ReplyPartitions:
                     end,
                 )
                 consumer.seek(tp, end)
+                self._next[tp] = end
         return True
 
 

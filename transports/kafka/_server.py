@@ -43,6 +43,7 @@ from ._common import (
     transport_error,
 )
 from ._context import KafkaContext, read_record
+from ._holes import Holes
 from ._options import KafkaOptions
 from ._partition import COMMIT_TIMEOUT, Committer, Partition
 
@@ -280,13 +281,17 @@ class KafkaServerTransport:
         parts = self._parts
         limit = self.options.max_partition_queue
         what = f"group {self.group_id}: fetching"
+        holes = Holes(consumer)
         async for batches in fetched_batches(consumer, what, 0.5):
-            for tp, records in batches.items():
+            for tp, fetched in batches.items():
                 part = parts.get(tp)
-                if part is None or not part.active or not records:
+                if part is None or not part.active:
+                    continue
+                start = part.next_offset
+                records = holes.cut(tp, fetched, start if start >= 0 else None)
+                if not records:
                     continue
                 queue = part.queue
-                start = part.next_offset
                 for record in records:
                     if record.offset >= start:
                         queue.append(record)
