@@ -60,6 +60,9 @@ class Features:
     queue_groups: bool = False
     text_only: bool = False
     streaming: bool = True
+    dead_letter: bool = False
+    """The server's contexts implement :meth:`Context.dead_letter` (a failure policy may
+    name a dead-letter destination)."""
     isolation_option: str | None = None
     """Option naming the broker-side service (RabbitMQ ``queue``, Kafka ``group_id``):
     the conformance suite gives each test its own value so tests never share state."""
@@ -184,6 +187,17 @@ class Context:
 
         Never called for a message taken during shutdown or whose handler was cancelled by
         it: such a message stays unsettled, so the broker delivers it again."""
+
+    async def dead_letter(self, destination: str, error: BaseException) -> None:
+        """Publish this message, as it arrived (body and headers), to ``destination``: a
+        queue (RabbitMQ), topic (Kafka), subject (NATS) or channel (Redis), adding the
+        headers :data:`~polybus.packets.DEAD_LETTER_ERROR` (``describe_error(error)``) and
+        :data:`~polybus.packets.DEAD_LETTER_ORIGIN` (where it came from) where the
+        transport has headers. Returns once the broker has it (confirmed where the
+        transport confirms); core then settles the message as handled. Raises
+        ``TransportError`` when it could not. Only transports whose ``Features.dead_letter``
+        is true implement it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot dead-letter")
 
     def __repr__(self) -> str:
         kind = "request" if self.is_request else "event"

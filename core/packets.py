@@ -19,6 +19,8 @@ from .serializers import Serializer
 
 __all__ = [
     "DEADLINE_HEADER",
+    "DEAD_LETTER_ERROR",
+    "DEAD_LETTER_ORIGIN",
     "MISSING",
     "Event",
     "Record",
@@ -50,6 +52,11 @@ class _Missing:
 
 
 MISSING: Final = _Missing()
+
+DEAD_LETTER_ERROR: Final = "x-polybus-error"
+"""Header a dead-lettered message carries: why its handler failed."""
+DEAD_LETTER_ORIGIN: Final = "x-polybus-origin"
+"""Header a dead-lettered message carries: the queue, topic, subject or channel it left."""
 
 DEADLINE_HEADER: Final = "x-polybus-deadline"
 """Header (or NestJS v12 ``metadata`` key) carrying the caller's deadline: epoch seconds."""

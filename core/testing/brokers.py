@@ -17,7 +17,7 @@ import pytest
 
 from ..config import redact_url
 
-__all__ = ["BROKERS", "broker_url", "in_ci", "require"]
+__all__ = ["BROKERS", "broker_url", "in_ci", "require", "restart_command"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,15 @@ def _start_container(name: str) -> str:  # pragma: no cover - needs a Docker eng
     scheme = urlsplit(broker.default).scheme
     auth = "guest:guest@" if name == "rabbitmq" else ""
     return f"{scheme}://{auth}{host}:{port}" + ("/" if name == "rabbitmq" else "")
+
+
+def restart_command(name: str) -> list[str] | None:
+    """How to restart the ``name`` broker the tests use: the shell command in
+    ``POLYBUS_<NAME>_RESTART`` (``POLYBUS_REDIS_RESTART``, ``POLYBUS_AMQP_RESTART``...,
+    named like the URL variable), given by whoever runs the suite; ``None`` when unset."""
+    env = BROKERS[name].env.removesuffix("_URL") + "_RESTART" if name in BROKERS else None
+    command = os.environ.get(env) if env else None
+    return ["sh", "-c", command] if command else None
 
 
 def broker_url(name: str) -> str:
