@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from .errors import short_repr
 from .packets import MISSING, Event, Reply, Request
 
 __all__ = [
@@ -201,7 +202,7 @@ class Context:
 
     def __repr__(self) -> str:
         kind = "request" if self.is_request else "event"
-        return f"<{type(self).__name__} {kind} pattern={self.pattern!r}>"
+        return f"<{type(self).__name__} {kind} pattern={short_repr(self.pattern)}>"
 
 
 class MessageSink(Protocol):

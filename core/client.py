@@ -16,7 +16,8 @@ from typing import Any
 
 from .abc import ClientTransport, ConnectionStatus, Release, no_release
 from .deadlines import Deadlines
-from .errors import ConfigError, RpcError, TransportError
+from .eager import result_or_task
+from .errors import ConfigError, RequestTimeout, RpcError, TransportError, short_repr
 from .packets import MISSING, Event, Record, Reply, Request, new_id_factory
 from .patterns import to_route
 
@@ -334,11 +335,13 @@ class ClientProxy:
     # -- call machinery (used by Call) ---------------------------------------------------
 
     async def _start(self, call: Call, pending: _Pending) -> tuple[str, Release]:
+        timeout = call._timeout
+        loop = self._loop
+        started = loop.time()
         if not self._connected:
-            await self.connect()
+            await self._connect_within(timeout, call._pattern)
         rid = self._next_id()
         record = call._record
-        timeout = call._timeout
         deadline = None if timeout is None else time.time() + timeout
         request = Request(
             rid,
@@ -351,16 +354,51 @@ class ClientProxy:
         )
         self._pending[rid] = pending
         try:
-            release = await self.transport.request(request)
+            # Most transports send without waiting; one that waits (a broken link it is
+            # restoring, back-pressure) does so within the call's timeout, not beyond it.
+            release, waiting = result_or_task(loop, self.transport.request(request))
+            if waiting is not None:
+                release = await self._within(waiting, timeout, started, call._pattern)
         except BaseException:
             del self._pending[rid]
             raise
+        assert release is not None
         if timeout is not None:
             deadlines = self._deadlines
             if deadlines is None:
                 deadlines = self._deadlines = Deadlines(self._loop)
+            if waiting is not None:  # what is left of it (the key _finish discards it by)
+                timeout = call._timeout = max(0.0, timeout - (loop.time() - started))
             deadlines.add(timeout, rid, pending, call._pattern)
         return rid, release
+
+    async def _connect_within(self, timeout: float | None, pattern: Any) -> None:
+        """``connect()``, bounded by a call's ``timeout``; the connection attempt itself goes
+        on for the other callers."""
+        if timeout is None:
+            await self.connect()
+            return
+        connecting = self._loop.create_task(self.connect())
+        connecting.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait_for(asyncio.shield(connecting), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(
+                f"no reply to {short_repr(pattern)} within {timeout:g}s (not connected)"
+            ) from None
+
+    async def _within(
+        self, sending: asyncio.Task[Release], timeout: float | None, started: float, pattern: Any
+    ) -> Release:
+        if timeout is None:
+            return await sending
+        left = max(0.0, timeout - (self._loop.time() - started))
+        try:
+            return await asyncio.wait_for(sending, left)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(
+                f"no reply to {short_repr(pattern)} within {timeout:g}s (could not be sent)"
+            ) from None
 
     def _finish(self, rid: str, pending: _Pending, release: Release, timeout: float | None) -> None:
         pending.done = True
@@ -377,6 +415,12 @@ class ClientProxy:
     def __repr__(self) -> str:
         name = f" {self.name}" if self.name else ""
         return f"<ClientProxy{name} transport={self.transport!r} status={self._status.value}>"
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a background connect's failure as seen: the callers that waited report it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _with_headers(record: Record | None, data: Any, headers: dict[str, str]) -> Record:

@@ -6,7 +6,7 @@ import asyncio
 import math
 from typing import Any, Protocol
 
-from .errors import RequestTimeout
+from .errors import RequestTimeout, short_repr
 
 __all__ = ["Deadlines", "Failable"]
 
@@ -75,7 +75,9 @@ class Deadlines:
                 expired.append((rid, pending, pattern))
             for rid, pending, pattern in expired:
                 del queue[rid]
-                pending.fail(RequestTimeout(f"no reply to {pattern!r} within {timeout:g}s"))
+                pending.fail(
+                    RequestTimeout(f"no reply to {short_repr(pattern)} within {timeout:g}s")
+                )
             if not queue:
                 del self._queues[timeout]
         if following < math.inf:

@@ -14,9 +14,11 @@ import contextvars
 import sys
 import types
 from collections.abc import Coroutine, Generator
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["start_eagerly"]
+__all__ = ["result_or_task", "start_eagerly"]
+
+T = TypeVar("T")
 
 if sys.version_info >= (3, 12):
 
@@ -31,6 +33,17 @@ if sys.version_info >= (3, 12):
             return None
         return task
 
+    def result_or_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
+    ) -> tuple[T | None, asyncio.Task[T] | None]:
+        """Run ``coro`` up to its first suspension: ``(its result, None)`` if it finished
+        there, else ``(None, the Task that goes on with it)``, which the caller can bound
+        in time. Its exception, if it raised before suspending, propagates."""
+        task = asyncio.Task(coro, loop=loop, eager_start=True)
+        if task.done():
+            return task.result(), None
+        return None, task
+
 else:
 
     def start_eagerly(
@@ -39,27 +52,40 @@ else:
         """Run ``coro`` up to its first suspension: ``None`` if it finished there, else the
         Task that goes on with it. Its exception, if it raised before suspending, propagates."""
         context = contextvars.copy_context()
-        first = context.run(_first_step, coro)
-        if first is _FINISHED:
+        finished, first = context.run(_first_step, coro)
+        if finished:
             return None
         # created inside the context: the Task runs in a copy of what the first step left
         return context.run(loop.create_task, _resume(coro, first))
 
-    _FINISHED = object()
+    def result_or_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
+    ) -> tuple[T | None, asyncio.Task[T] | None]:
+        """Run ``coro`` up to its first suspension: ``(its result, None)`` if it finished
+        there, else ``(None, the Task that goes on with it)``, which the caller can bound
+        in time. Its exception, if it raised before suspending, propagates.
 
-    def _first_step(coro: Coroutine[Any, Any, None]) -> Any:
+        The first step runs in the caller's own context (it is the caller's work, not a
+        task of its own); the Task, if any, in a copy of it, as ``create_task`` makes."""
+        finished, first = _first_step(coro)
+        if finished:
+            return first, None
+        return None, loop.create_task(_resume(coro, first))
+
+    def _first_step(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+        """``(True, result)`` when ``coro`` finished at once, else ``(False, what it yielded)``."""
         try:
             first = coro.send(None)
-        except StopIteration:
-            return _FINISHED
+        except StopIteration as stop:
+            return True, stop.value
         if getattr(first, "_asyncio_future_blocking", False):
             # What a Task does with a yielded future at once: other eagerly started
             # coroutines may await the same future before the Task below takes this one.
             first._asyncio_future_blocking = False
-        return first
+        return False, first
 
     @types.coroutine
-    def _resume(coro: Coroutine[Any, Any, None], first: Any) -> Generator[Any, None, None]:
+    def _resume(coro: Coroutine[Any, Any, T], first: Any) -> Generator[Any, None, T]:
         """Hand the future ``coro`` stopped on to the Task, then delegate to ``coro``
         (``yield from`` forwards sends and throws, cancellation included, as ``await`` does)."""
         if getattr(first, "_asyncio_future_blocking", None) is False:
@@ -69,8 +95,8 @@ else:
         except BaseException as exc:
             try:
                 following = coro.throw(exc)
-            except StopIteration:
-                return
-            yield from _resume(coro, following)
-            return
-        yield from coro.__await__()
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            return (yield from _resume(coro, following))
+        return (yield from coro.__await__())

@@ -20,6 +20,7 @@ exception reaches user code.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "RpcException",
     "TransportError",
     "describe_error",
+    "short_repr",
 ]
 
 NO_HANDLER_MESSAGE = "There is no matching message handler defined in the remote service."
@@ -107,3 +109,19 @@ def describe_error(exc: BaseException) -> str:
     text of an error that wraps a client library's exception."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxstring = 120
+_SHORT.maxother = 120
+_SHORT.maxdict = _SHORT.maxlist = 8
+
+
+def short_repr(value: Any) -> str:
+    """A bounded ``repr`` for logs: values from the wire may be nested 1,000 deep or be
+    megabytes long, and a plain ``%r`` of them raises ``RecursionError`` or floods the log."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # a foreign object whose __repr__ fails
+        return f"<{type(value).__name__}>"

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 from .abc import Context
 from .errors import ConfigError
 from .patterns import to_route
+from .policy import FailurePolicy
 
 __all__ = ["Handler", "event_pattern", "message_pattern"]
 
@@ -56,7 +57,8 @@ def _mark(
 def message_pattern(pattern: Any, **options: Any) -> Callable[[F], F]:
     """Mark a function or method as the request handler of ``pattern``.
 
-    Options are transport-specific (e.g. ``queue=`` on NATS). Collect marked methods with
+    Options are transport-specific (e.g. ``queue=`` on NATS), but for ``on_failure`` (a
+    :class:`~polybus.policy.FailurePolicy`, for events). Collect marked methods with
     ``Microservice.include(obj)``.
     """
     return _mark(pattern, "message", options)
@@ -81,6 +83,7 @@ class Handler:
         "pass_context",
         "pass_data",
         "pattern",
+        "policy",
         "route",
         "validate",
     )
@@ -89,7 +92,14 @@ class Handler:
         self.fn = fn
         self.kind = mark.kind
         self.pattern = mark.pattern
-        self.options = mark.options
+        options = dict(mark.options)
+        policy = options.pop("on_failure", None)
+        if policy is not None and not isinstance(policy, FailurePolicy):
+            raise ConfigError(f"on_failure must be a FailurePolicy, got {policy!r}")
+        self.policy: FailurePolicy | None = policy
+        """The handler's own failure policy (events); ``None``: the service's."""
+        self.options = options
+        """Transport options of the route (``on_failure`` is core's and is left out)."""
         self.route = to_route(mark.pattern)
         self.name = getattr(fn, "__qualname__", repr(fn))
         self.is_coroutine = inspect.iscoroutinefunction(fn)

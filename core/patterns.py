@@ -49,6 +49,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from .errors import short_repr
+
 __all__ = ["MAX_DEPTH", "MAX_KEYS", "NO_ROUTE", "js_number", "route_from_wire", "to_route"]
 
 MAX_DEPTH: Final = 5
@@ -195,7 +197,9 @@ def to_route(pattern: object) -> str:
     if isinstance(pattern, str):
         return str.__str__(pattern)
     if isinstance(pattern, (bool, type(None))):
-        raise TypeError(f"a message pattern cannot be {pattern!r}: use a str, number or dict")
+        raise TypeError(
+            f"a message pattern cannot be {short_repr(pattern)}: use a str, number or dict"
+        )
     if isinstance(pattern, (int, float)):
         return js_number(pattern)
     if isinstance(pattern, (Mapping, list, tuple)):

@@ -12,10 +12,11 @@ from pydantic import ValidationError
 
 from .abc import Context, RouteSpec, ServerTransport
 from .eager import start_eagerly
-from .errors import ConfigError, RpcException
+from .errors import ConfigError, RpcException, describe_error, short_repr
 from .handlers import HANDLERS_ATTR, Handler, HandlerMark
 from .packets import MISSING, Reply
 from .patterns import route_from_wire, to_route
+from .policy import DEFAULT_POLICY, FailurePolicy
 from .slots import Slots
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_MAX_CONCURRENCY", "Microservice"]
@@ -52,6 +53,7 @@ class Microservice:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         grace: float = DEFAULT_GRACE,
         name: str | None = None,
+        on_failure: FailurePolicy = DEFAULT_POLICY,
         **options: Any,
     ) -> None:
         self._target = target
@@ -63,6 +65,8 @@ class Microservice:
         self.max_concurrency = max_concurrency
         self.grace = grace
         self.name = name
+        self.on_failure = on_failure
+        """The failure policy of events whose handler has none of its own."""
         self._messages: dict[str, Handler] = {}
         self._events: dict[str, list[Handler]] = {}
         self._slots: Slots | None = None
@@ -72,7 +76,6 @@ class Microservice:
         self._listening = False
         self._closing = False
         self._stopped: asyncio.Event | None = None
-        self._route_cache: dict[Any, str] = {}
 
     # -- registration --------------------------------------------------------------------
 
@@ -148,6 +151,7 @@ class Microservice:
         if self._listening:
             return
         transport = self.transport
+        self._check_policies(transport)
         self._slots = Slots(self.max_concurrency)
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
@@ -158,6 +162,16 @@ class Microservice:
             self._listening = False
             raise
         log.info("%s listening on %s routes", self.name or "microservice", len(self.routes()))
+
+    def _check_policies(self, transport: ServerTransport) -> None:
+        """A failure policy that dead-letters needs a transport that can (checked at setup)."""
+        policies = [self.on_failure, *(h.policy for h in self.handlers if h.policy is not None)]
+        for policy in policies:
+            if policy.dead_letter is not None and not transport.features.dead_letter:
+                raise ConfigError(
+                    f"the {transport.features.name} transport cannot dead-letter: a failure "
+                    f"policy names {policy.dead_letter!r}"
+                )
 
     async def close(self, grace: float | None = None) -> None:
         """Stop intake, let in-flight handlers finish (up to ``grace`` s), close the transport."""
@@ -241,7 +255,8 @@ class Microservice:
             task = start_eagerly(loop, self._handling(context))
         except Exception:
             slots.release()
-            log.exception("handler task failed")
+            log.exception("handling %s failed", context)
+            await _settle_quietly(context, False)
             return
         except BaseException:
             slots.release()
@@ -260,40 +275,37 @@ class Microservice:
             log.error("handler task failed", exc_info=task.exception())
 
     def _handling(self, context: Context) -> Coroutine[Any, Any, None]:
-        """The coroutine that handles ``context`` (routed here: one coroutine less per message)."""
+        """The coroutine that handles ``context`` (routed here: one coroutine less per message).
+
+        Whatever it meets — an unroutable pattern, a failing handler, validation, a reply that
+        cannot be sent, a failing log call — it ends by settling the message exactly once;
+        only cancellation at shutdown leaves a message unsettled (the broker redelivers it)."""
         pattern = context.pattern
         try:
             route = route_from_wire(pattern) if isinstance(pattern, str) else to_route(pattern)
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # TypeError, ValueError, RecursionError: a value from the wire
             return self._reject_unroutable(context, exc)
         if context.id is MISSING:
             return self._handle_event(route, context)
         return self._handle_request(route, context)
 
     async def _reject_unroutable(self, context: Context, exc: Exception) -> None:
-        log.warning("unroutable pattern %r: %s", context.pattern, exc)
+        log.warning("unroutable pattern %s: %s", short_repr(context.pattern), describe_error(exc))
         if context.is_request:
-            await context.send_reply(Reply.no_handler(context.id))
-        await context.settle(False)
+            await _reply_quietly(context, Reply.no_handler(context.id))
+        await _settle_quietly(context, False)
 
     async def _handle_request(self, route: str, context: Context) -> None:
         handler = self._messages.get(route)
-        if handler is None and route in self._events:
-            # NestJS runs the event handlers of a request's pattern and completes the call.
-            ok = await self._run_events(route, self._events[route], context)
-            await context.send_reply(Reply(context.id, MISSING, None, True))
-            await context.settle(ok)
-            return
         if handler is None:
-            log.warning("no message handler for pattern %r", context.pattern)
-            await context.send_reply(Reply.no_handler(context.id))
-            await context.settle(False)
+            await self._handle_unknown_request(route, context)
             return
         if context.expired:
-            log.info("skipping %r: the caller's deadline has passed", route)
-            await context.settle(True)
+            log.info("skipping %s: the caller's deadline has passed", short_repr(route))
+            await _settle_quietly(context, True)
             return
         rid = context.id
+        ok = True
         # No `finally`: a handler cancelled at shutdown leaves its message unsettled, so a
         # broker that keeps messages (RabbitMQ with acks, Kafka) delivers it again.
         try:
@@ -303,46 +315,58 @@ class Microservice:
             else:
                 if handler.is_coroutine or asyncio.iscoroutine(result):
                     result = await result
-                reply = Reply(rid, MISSING if result is None else result, None, True)
-                await context.send_reply(reply)
+                # None crosses as null, as a NestJS handler's null does (undefined has no
+                # Python twin): a NestJS caller's firstValueFrom() gets a value.
+                await context.send_reply(Reply(rid, result, None, True))
         except Exception as exc:
-            try:
-                await context.send_reply(Reply(rid, MISSING, _error_payload(exc, handler), True))
-            finally:
-                await context.settle(False)
-            return
-        await context.settle(True)
+            ok = False
+            await _reply_quietly(context, Reply(rid, MISSING, _error_payload(exc, handler), True))
+        try:
+            await context.settle(ok)
+        except Exception:
+            log.exception("settling a request to %s failed", short_repr(route))
+
+    async def _handle_unknown_request(self, route: str, context: Context) -> None:
+        events = self._events.get(route)
+        if events:
+            # NestJS runs the event handlers of a request's pattern and completes the call.
+            ok = not await self._run_events(route, events, context)
+            await _reply_quietly(context, Reply(context.id, MISSING, None, True))
+        else:
+            log.warning("no message handler for pattern %s", short_repr(context.pattern))
+            await _reply_quietly(context, Reply.no_handler(context.id))
+            ok = False
+        await _settle_quietly(context, ok)
 
     async def _stream(self, rid: Any, result: Any, context: Context) -> None:
-        """Send every item; completion rides on the last item (as NestJS merges it)."""
+        """Send every item as soon as it is yielded, then the completion as its own packet
+        (what NestJS sends for items that arrive on later ticks)."""
         items: AsyncIterator[Any] = result if hasattr(result, "__anext__") else _aiter(result)
-        try:
-            item = await items.__anext__()
-        except StopAsyncIteration:
-            await context.send_reply(Reply(rid, MISSING, None, True))
-            return
-        while True:
-            try:
-                following = await items.__anext__()
-            except StopAsyncIteration:
-                await context.send_reply(Reply(rid, item, None, True))
-                return
+        async for item in items:
             await context.send_reply(Reply(rid, item))
-            item = following
+        await context.send_reply(Reply(rid, MISSING, None, True))
 
     async def _handle_event(self, route: str, context: Context) -> None:
         handlers = self._events.get(route)
         if not handlers:
             message = self._messages.get(route)
             if message is None:
-                log.warning("no event handler for pattern %r", context.pattern)
-                await context.settle(False)
+                log.warning("no event handler for pattern %s", short_repr(context.pattern))
+                await _settle_quietly(context, False)
                 return
             handlers = [message]
-        await context.settle(await self._run_events(route, handlers, context))
+        failed = await self._run_events(route, handlers, context)
+        ok = True if not failed else await self._after_failure(route, context, failed)
+        try:
+            await context.settle(ok)
+        except Exception:
+            log.exception("settling an event of %s failed", short_repr(route))
 
-    async def _run_events(self, route: str, handlers: list[Handler], context: Context) -> bool:
-        ok = True
+    async def _run_events(
+        self, route: str, handlers: list[Handler], context: Context
+    ) -> list[tuple[Handler, Exception]]:
+        """Run each handler; the ones that raised, with what they raised."""
+        failed: list[tuple[Handler, Exception]] = []
         for handler in handlers:
             try:
                 result = handler.call(context.data, context)
@@ -351,10 +375,57 @@ class Microservice:
                         pass
                 elif handler.is_coroutine or asyncio.iscoroutine(result):
                     await result
-            except Exception:
-                ok = False
-                log.exception("event handler %s failed for %r", handler.name, route)
-        return ok
+            except Exception as exc:
+                failed.append((handler, exc))
+                log.warning(
+                    "event handler %s failed for %s: %s",
+                    handler.name,
+                    short_repr(route),
+                    describe_error(exc),
+                    exc_info=exc,
+                )
+        return failed
+
+    async def _after_failure(
+        self, route: str, context: Context, failed: list[tuple[Handler, Exception]]
+    ) -> bool:
+        """Apply the failure policy: retry the failed handlers, then dead-letter or reject.
+        True when the event counts as handled (the handlers succeeded, or it was moved)."""
+        policy = next((h.policy for h, _ in failed if h.policy is not None), self.on_failure)
+        for attempt in range(1, policy.retries + 1):
+            await asyncio.sleep(policy.delay(attempt))
+            failed = await self._run_events(route, [h for h, _ in failed], context)
+            if not failed:
+                return True
+        error = failed[-1][1]
+        attempts = policy.retries + 1
+        if policy.dead_letter is not None:
+            try:
+                await context.dead_letter(policy.dead_letter, error)
+            except Exception as exc:
+                log.error(
+                    "event of %s failed %d time(s) and could not be dead-lettered to %r: %s",
+                    short_repr(route),
+                    attempts,
+                    policy.dead_letter,
+                    describe_error(exc),
+                )
+                return False
+            log.error(
+                "event of %s failed %d time(s); dead-lettered to %r: %s",
+                short_repr(route),
+                attempts,
+                policy.dead_letter,
+                describe_error(error),
+            )
+            return True
+        log.error(
+            "event of %s failed %d time(s); rejected: %s",
+            short_repr(route),
+            attempts,
+            describe_error(error),
+        )
+        return False
 
     def __repr__(self) -> str:
         return f"<Microservice {self.name or ''} handlers={len(self.handlers)}>"
@@ -371,6 +442,21 @@ def _error_payload(exc: Exception, handler: Handler) -> Any:
         }
     log.exception("handler %s failed", handler.name)
     return dict(INTERNAL_ERROR)
+
+
+async def _reply_quietly(context: Context, reply: Reply) -> None:
+    """Send ``reply``; a failure is logged, not raised: the message must still be settled."""
+    try:
+        await context.send_reply(reply)
+    except Exception as exc:
+        log.warning("could not send a reply to %s: %s", context, describe_error(exc))
+
+
+async def _settle_quietly(context: Context, ok: bool) -> None:
+    try:
+        await context.settle(ok)
+    except Exception:
+        log.exception("settling %s failed", context)
 
 
 async def _aiter(items: Iterator[Any]) -> AsyncIterator[Any]:
