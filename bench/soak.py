@@ -6,7 +6,7 @@ Prints, per transport: requests sent, outcomes (ok / TransportError / RequestTim
 outage as the client saw it (first to last failure), recovery time (broker answering again
 → first success), throughput before and after, a per-second timeline, and the client's
 RSS and pending requests before and after. Loopback only; bounded in time and count.
-It restarts the local brokers with each transport's declared ``restart_command``.
+It restarts the local brokers with the commands in ``POLYBUS_<NAME>_RESTART`` (.ci/run's).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from polybus import Microservice, RequestTimeout, TransportError, create_client
-from polybus.config import features_of
-from polybus.testing.brokers import BROKERS
+from polybus.testing.brokers import BROKERS, restart_command
 from polybus.testing.faults import run_command, wait_broker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +46,6 @@ def _url(name: str) -> str:
 
 async def soak(name: str, seconds: float, rate: float, timeout: float) -> dict[str, Any]:
     url = _url(name)
-    features = features_of(url)
     route = f"soak.{uuid.uuid4().hex[:8]}.sum"
     app = Microservice(url)
 
@@ -85,9 +83,10 @@ async def soak(name: str, seconds: float, rate: float, timeout: float) -> dict[s
 
     async def restart() -> None:
         await asyncio.sleep(seconds / 2)
-        assert features.restart_command is not None
+        command = restart_command(name)
+        assert command is not None, f"set POLYBUS_{name.upper()}_RESTART (see .ci/run)"
         marks["restart"] = time.monotonic() - started
-        await run_command(list(features.restart_command), cwd=ROOT)
+        await run_command(command, cwd=ROOT)
         await wait_broker(name)
         marks["broker_back"] = time.monotonic() - started
 

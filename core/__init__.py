@@ -16,7 +16,7 @@
 
 from .abc import ClientTransport, ConnectionStatus, Context, Features, ServerTransport
 from .client import DEFAULT_TIMEOUT, Call, ClientProxy
-from .config import redact_url, register_transport
+from .config import redact_url
 from .errors import (
     ConfigError,
     NoRespondersError,
@@ -29,6 +29,8 @@ from .errors import (
 )
 from .handlers import event_pattern, message_pattern
 from .packets import Record
+from .plugins import TransportSpec, register_transport
+from .policy import FailurePolicy
 from .registry import ClientRegistry, client_property, create_client
 from .serializers import JsonSerializer, MsgpackSerializer, Serializer
 from .server import Microservice
@@ -42,6 +44,7 @@ __all__ = [
     "ConfigError",
     "ConnectionStatus",
     "Context",
+    "FailurePolicy",
     "Features",
     "JsonSerializer",
     "Microservice",
@@ -56,6 +59,7 @@ __all__ = [
     "Serializer",
     "ServerTransport",
     "TransportError",
+    "TransportSpec",
     "client_property",
     "create_client",
     "event_pattern",

@@ -70,8 +70,6 @@ class Features:
     durable_options: dict[str, Any] = field(default_factory=dict)
     """Options a service needs for its accepted messages to survive a crash (RabbitMQ:
     ``no_ack=False`` and persistent messages); the durability cases use them."""
-    restart_command: Sequence[str] | None = None
-    """Shell command that restarts this machine's local broker (the fault suite uses it)."""
     notes: dict[str, str] = field(default_factory=dict)
     """Declared differences, case name → reason, shown when the suite skips a case."""
 

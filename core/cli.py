@@ -126,6 +126,12 @@ def conformance(url: str, external: bool, keyword: str | None) -> None:
             "-q",
             "-p",
             "no:cacheprovider",
+            "-p",
+            "polybus.testing.plugin",
+            # the cases run their own event loops: pytest-asyncio, if installed, has nothing
+            # to do here but to print its configuration warning before the table
+            "-p",
+            "no:asyncio",
         ]
         if external:
             args.append("--polybus-external")

@@ -1,14 +1,13 @@
 """Choosing a transport by configuration: URLs, NestJS-style dicts, environment variables.
 
-A transport is found by URL scheme in :data:`SCHEMES`, a registry of lazy import paths
-(third parties add theirs with :func:`register_transport` or the ``polybus.transports``
-entry-point group). Each adapter module exposes ``PLUGIN``, a :class:`TransportPlugin`.
+A transport is found by URL scheme or NestJS ``Transport`` name among the declared
+transports (:mod:`polybus.plugins`: the ``polybus.transports`` entry-point group, which the
+built-in transports use too); core keeps no list of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import re
 import ssl
@@ -16,16 +15,15 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from .abc import ClientTransport, Features, ServerTransport
 from .errors import ConfigError, ProtocolError
+from .plugins import TransportPlugin, find_by_nest_name, find_by_scheme
 from .serializers import Serializer, resolve_serializer
 
 __all__ = [
-    "SCHEMES",
     "TLS_FILE_ALIASES",
     "TransportOptions",
     "TransportPlugin",
@@ -34,50 +32,12 @@ __all__ = [
     "create_server_transport",
     "features_of",
     "redact_url",
-    "register_transport",
     "resolve_target",
     "snake_case",
     "tls_client_context",
 ]
 
-SCHEMES: dict[str, str] = {
-    "memory": "polybus.transports.memory",
-    "tcp": "polybus.transports.tcp",
-    "tcps": "polybus.transports.tcp",
-    "redis": "polybus.transports.redis",
-    "rediss": "polybus.transports.redis",
-    "nats": "polybus.transports.nats",
-    "tls": "polybus.transports.nats",
-    "amqp": "polybus.transports.rabbitmq",
-    "amqps": "polybus.transports.rabbitmq",
-    "kafka": "polybus.transports.kafka",
-}
-"""URL scheme → module exposing ``PLUGIN``. Imported only when the scheme is used."""
-
-NEST_TRANSPORTS: dict[str, str] = {
-    "TCP": "tcp",
-    "REDIS": "redis",
-    "NATS": "nats",
-    "RMQ": "amqp",
-    "RABBITMQ": "amqp",
-    "KAFKA": "kafka",
-    "MEMORY": "memory",
-}
-"""NestJS ``Transport`` names (and ``Transport`` enum numbers below) → scheme."""
-
-_NEST_NUMBERS = {0: "TCP", 1: "REDIS", 2: "NATS", 5: "RMQ", 6: "KAFKA"}
-
 ENV_URL = "POLYBUS_URL"
-
-
-@dataclass(frozen=True)
-class TransportPlugin:
-    """What an adapter module registers: its name, options type and the two halves."""
-
-    name: str
-    options: type[TransportOptions]
-    client: type[Any]
-    server: type[Any]
 
 
 OptionsT = TypeVar("OptionsT", bound="TransportOptions")
@@ -308,34 +268,6 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
-def register_transport(scheme: str, module: str) -> None:
-    """Make ``scheme://`` URLs use the adapter module ``module`` (which exposes ``PLUGIN``)."""
-    SCHEMES[scheme] = module
-
-
-def _plugin(scheme: str) -> TransportPlugin:
-    module_path = SCHEMES.get(scheme)
-    if module_path is None:
-        for ep in entry_points(group="polybus.transports"):
-            if ep.name == scheme:
-                module_path = SCHEMES[scheme] = ep.value
-                break
-    if module_path is None:
-        known = ", ".join(sorted(SCHEMES))
-        raise ConfigError(f"unknown transport scheme {scheme!r}; known schemes: {known}")
-    try:
-        module = importlib.import_module(module_path)
-    except ImportError as exc:
-        extra = {"rediss": "redis", "tls": "nats", "amqp": "rabbitmq", "amqps": "rabbitmq"}
-        hint = extra.get(scheme, scheme)
-        raise ConfigError(
-            f"the {scheme}:// transport needs its client library: "
-            f"pip install polybus[{hint}] ({exc})"
-        ) from exc
-    plugin: TransportPlugin = module.PLUGIN
-    return plugin
-
-
 def resolve_target(
     target: Any, overrides: Mapping[str, Any]
 ) -> tuple[TransportPlugin, TransportOptions]:
@@ -348,7 +280,7 @@ def resolve_target(
         scheme = target.split("://", 1)[0] if "://" in target else ""
         if not scheme:
             raise ConfigError(f"{redact_url(target)!r} is not a URL (expected scheme://...)")
-        plugin = _plugin(scheme)
+        plugin = find_by_scheme(scheme).load()
         return plugin, plugin.options.from_url(target).with_overrides(overrides)
     if isinstance(target, Mapping):
         return _from_dict(target, overrides)
@@ -361,15 +293,7 @@ def _from_dict(
     unknown = set(config) - {"transport", "options", "name", "url"}
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-    transport = config.get("transport", "TCP")
-    name = getattr(transport, "name", transport)
-    if isinstance(name, int):
-        name = _NEST_NUMBERS.get(name, str(name))
-    scheme = NEST_TRANSPORTS.get(str(name).upper())
-    if scheme is None:
-        known = ", ".join(sorted(NEST_TRANSPORTS))
-        raise ConfigError(f"unknown transport {transport!r}; known: {known}")
-    plugin = _plugin(scheme)
+    plugin = find_by_nest_name(config.get("transport", "TCP")).load()
     options = dict(config.get("options") or {})
     url = config.get("url") or options.pop("url", None)
     base = plugin.options.from_url(url) if url else plugin.options.from_nest(options)
@@ -381,8 +305,7 @@ def _from_dict(
 def features_of(target: Any) -> Features:
     """The declared features of the transport a URL or dict selects."""
     plugin, _ = resolve_target(target, {})
-    features: Features = plugin.client.features
-    return features
+    return plugin.features
 
 
 def _split_common(overrides: dict[str, Any]) -> Serializer:

@@ -115,14 +115,6 @@ class Reply:
     disposed: bool = False
     status: str | None = field(default=None)
 
-    @property
-    def is_error(self) -> bool:
-        return bool(self.err)
-
-    @property
-    def is_final(self) -> bool:
-        return self.disposed or bool(self.err)
-
     @classmethod
     def no_handler(cls, id: str | None) -> Reply:
         return cls(id=id, err=NO_HANDLER_MESSAGE, status="error")

@@ -21,7 +21,7 @@ from polybus.abc import (
     RouteSpec,
     no_release,
 )
-from polybus.config import TransportOptions, TransportPlugin, split_url
+from polybus.config import TransportOptions, split_url
 from polybus.errors import TransportError
 from polybus.packets import (
     MISSING,
@@ -35,9 +35,17 @@ from polybus.packets import (
     encode_request,
     parse_deadline,
 )
+from polybus.plugins import TransportPlugin, TransportSpec
 from polybus.serializers import Serializer
 
-__all__ = ["MemoryClientTransport", "MemoryContext", "MemoryOptions", "MemoryServerTransport"]
+__all__ = [
+    "PLUGIN",
+    "SPEC",
+    "MemoryClientTransport",
+    "MemoryContext",
+    "MemoryOptions",
+    "MemoryServerTransport",
+]
 
 FEATURES = Features(name="memory", unknown_pattern="error", competing_consumers=True, headers=True)
 
@@ -176,3 +184,9 @@ class MemoryServerTransport:
 
 
 PLUGIN = TransportPlugin("MEMORY", MemoryOptions, MemoryClientTransport, MemoryServerTransport)
+SPEC = TransportSpec(
+    name="memory",
+    schemes=("memory",),
+    implementation="polybus.transports.memory:PLUGIN",
+    nest_names=("MEMORY",),
+)

@@ -2,8 +2,9 @@
 
 A broker URL comes from the environment first (``POLYBUS_REDIS_URL``...), else the local
 default; if nothing answers there and a Docker engine is available, testcontainers starts
-one; otherwise the test is skipped with the reason — except under ``CI=true``, where a
-broker test that cannot run fails.
+one; otherwise the test is skipped with the reason — except when whoever runs the suite
+asks for brokers (``POLYBUS_REQUIRE_BROKERS=1``, as polybus's own CI does): then a broker
+test that cannot run fails.
 """
 
 from __future__ import annotations
@@ -17,7 +18,18 @@ import pytest
 
 from ..config import redact_url
 
-__all__ = ["BROKERS", "broker_url", "in_ci", "require", "restart_command"]
+__all__ = [
+    "BROKERS",
+    "REQUIRE_BROKERS",
+    "broker_url",
+    "brokers_required",
+    "env_flag",
+    "require",
+    "restart_command",
+]
+
+REQUIRE_BROKERS = "POLYBUS_REQUIRE_BROKERS"
+"""Set to 1 to make a broker test that cannot run a failure instead of a skip."""
 
 
 @dataclass(frozen=True)
@@ -37,14 +49,18 @@ BROKERS: dict[str, Broker] = {
 _started: dict[str, str] = {}
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def brokers_required() -> bool:
+    return env_flag(REQUIRE_BROKERS)
 
 
 def require(reason: str) -> None:
     """Skip with ``reason``; under CI a missing requirement is a failure, not a skip."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: broker tests must run)", pytrace=False)
+    if brokers_required():
+        pytest.fail(f"{reason} ({REQUIRE_BROKERS}=1: broker tests must run)", pytrace=False)
     pytest.skip(reason)
 
 

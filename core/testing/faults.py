@@ -16,7 +16,8 @@ conformance harness plus fault injection. Cases:
   subject, queue or topic a server listens on is dropped with a warning, is not
   redelivered forever, and the next valid request is answered;
 - ``test_expired_requests_are_skipped``: a request whose caller gave up is not handled;
-- ``test_broker_restart_mid_traffic`` (restarts the broker with ``Features.restart_command``):
+- ``test_broker_restart_mid_traffic`` (restarts the broker with the command in
+  ``POLYBUS_<NAME>_RESTART``, given by whoever runs the suite: :func:`restart_command`):
   requests in flight fail with ``TransportError`` or ``RequestTimeout``, never later than
   their timeout; new requests succeed once the broker is back, with the same client and
   server objects;
@@ -28,7 +29,7 @@ conformance harness plus fault injection. Cases:
   server comes up (transports with ``Features.durable_events``).
 
 The cases that restart brokers or kill connections are marked ``faults``: they run under
-``CI=true``, with ``POLYBUS_FAULTS=1`` or when ``-m`` selects ``faults``; otherwise they
+``POLYBUS_ALLOW_DISRUPTIVE=1`` or when ``-m`` selects ``faults``; otherwise they
 skip, so a developer's plain ``pytest`` never restarts a broker others are using. After
 each case every broker that answered before it is checked and restarted if it is down.
 Timings (broker restart, client recovery) are collected in :data:`FIGURES` and appended
@@ -63,7 +64,7 @@ from ..abc import SupportsCleanup
 from ..client import ClientProxy
 from ..config import create_server_transport
 from ..errors import PolybusError, RequestTimeout, TransportError
-from .brokers import in_ci
+from .brokers import BROKERS, env_flag, require, restart_command
 from .harness import NOT_APPLICABLE, Conformance
 
 __all__ = [
@@ -525,8 +526,8 @@ class Faults(Conformance):
     def require_disruptive(self) -> None:
         if not self.disruptive:
             pytest.skip(
-                "restarts or disconnects a shared broker: run with POLYBUS_FAULTS=1, "
-                "-m faults, or under CI=true"
+                "restarts or disconnects a shared broker: run with "
+                "POLYBUS_ALLOW_DISRUPTIVE=1 or -m faults"
             )
 
     def broker_port(self) -> int | None:
@@ -540,10 +541,11 @@ class Faults(Conformance):
     # -- faults ------------------------------------------------------------------------
 
     async def restart_broker(self) -> float:
-        """Run ``Features.restart_command`` and wait until the broker answers again."""
-        command = self.features.restart_command
+        """Run the broker's restart command and wait until the broker answers again."""
+        command = restart_command(self.name)
         if command is None:
-            pytest.skip(f"{NOT_APPLICABLE}{self.name} declares no restart_command")
+            require(f"no restart command for the {self.name} broker: set its POLYBUS_*_RESTART")
+            raise AssertionError("unreachable")
         started = time.monotonic()
         code, out = await run_command(list(command), cwd=self.root)
         if code != 0:
@@ -827,8 +829,8 @@ def test_expired_requests_are_skipped(faults: Faults) -> None:
 @pytest.mark.timeout(FAULT_CASE_TIMEOUT + 60)
 def test_broker_restart_mid_traffic(faults: Faults) -> None:
     """Restart the broker under load: no call hangs, and the same objects work afterwards."""
-    if faults.features.restart_command is None:
-        pytest.skip(f"{NOT_APPLICABLE}{faults.name} declares no restart_command (no broker)")
+    if faults.name not in BROKERS:
+        pytest.skip(f"{NOT_APPLICABLE}{faults.name} has no broker to restart")
     faults.require_disruptive()
 
     async def case(f: Faults) -> None:
@@ -1052,8 +1054,8 @@ def _done_counts(path: Path) -> dict[str, int]:
 
 
 def disruptive_allowed(config: pytest.Config) -> bool:
-    """Fault cases that restart shared brokers run under CI, POLYBUS_FAULTS=1 or -m faults."""
-    if in_ci() or os.environ.get("POLYBUS_FAULTS", "") in ("1", "true", "yes"):
+    """Fault cases that restart shared brokers run with POLYBUS_ALLOW_DISRUPTIVE=1 or -m faults."""
+    if env_flag("POLYBUS_ALLOW_DISRUPTIVE"):
         return True
     markexpr = str(config.getoption("-m", default="") or "")
     return "faults" in markexpr and "not faults" not in markexpr

@@ -21,8 +21,8 @@ __all__ = ["Conformance"]
 CASE_TIMEOUT = 90.0
 
 NOT_APPLICABLE = "not applicable: "
-"""Prefix of every skip that a transport's declared features select (under CI, any other
-skip of a broker test is a failure)."""
+"""Prefix of every skip that a transport's declared features select (with
+POLYBUS_REQUIRE_BROKERS=1, any other skip of a broker test is a failure)."""
 
 
 class Conformance:

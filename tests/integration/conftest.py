@@ -32,7 +32,7 @@ def prefix() -> str:
 
 @pytest.fixture
 def nest_ready() -> None:
-    """Skip (a failure under CI=true) when NestJS cannot run here."""
+    """Skip (a failure with POLYBUS_REQUIRE_BROKERS=1) when NestJS cannot run here."""
     reason = harness.node_available()
     if reason:
         pytest.skip(f"NestJS interop: {reason}")

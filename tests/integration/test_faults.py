@@ -1,7 +1,7 @@
 """The shipped fault suite (polybus.testing.faults), run against every transport here.
 
 The cases marked ``faults`` restart the local brokers, cut connections and kill server
-processes. They run under ``CI=true``, with ``POLYBUS_FAULTS=1`` or ``-m faults``, and skip
+processes. They run with ``POLYBUS_ALLOW_DISRUPTIVE=1`` or ``-m faults``, and skip
 otherwise (the brokers on a developer machine are shared). Run only them with
 ``pytest -m faults tests/integration/test_faults.py``; set ``POLYBUS_FAULT_REPORT=path``
 to collect the timings as JSON lines.

@@ -7,7 +7,6 @@ the local nats-server with the transport's ``restart_command``)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +26,7 @@ from polybus import (
     create_client,
 )
 from polybus.packets import DEADLINE_HEADER
-from polybus.testing.brokers import in_ci
+from polybus.testing.brokers import require, restart_command
 from polybus.transports.nats import (
     FEATURES,
     NatsClientTransport,
@@ -559,12 +558,11 @@ async def test_close_fails_pending_and_reports_closed(url: str, prefix: str) -> 
 
 
 @pytest.mark.faults
-@pytest.mark.skipif(
-    os.environ.get("POLYBUS_NATS_RESTART") != "1" and not in_ci(),
-    reason="restarts the local nats-server: set POLYBUS_NATS_RESTART=1 (always under CI)",
-)
 async def test_broker_restart_fails_pending_and_recovers(url: str, prefix: str) -> None:
-    assert FEATURES.restart_command is not None
+    command = restart_command("nats")
+    if command is None:
+        require("restarts the nats-server: set POLYBUS_NATS_RESTART to its restart command")
+        return
     app = Microservice(url)
 
     @app.message_pattern(f"{prefix}slow")
@@ -579,7 +577,7 @@ async def test_broker_restart_fails_pending_and_recovers(url: str, prefix: str) 
         pending = asyncio.ensure_future(client.send(f"{prefix}slow", 3))
         await asyncio.sleep(0.1)
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(*FEATURES.restart_command)
+        proc = await asyncio.create_subprocess_exec(*command)
         assert await proc.wait() == 0
         with pytest.raises(TransportError):
             await pending

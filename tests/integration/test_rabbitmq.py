@@ -24,9 +24,9 @@ from polybus import (
     TransportError,
     create_client,
 )
+from polybus.packets import DEADLINE_HEADER
 from polybus.testing.brokers import broker_url
 from polybus.transports.rabbitmq import (
-    DEADLINE_HEADER,
     RmqClientTransport,
     RmqContext,
     RmqOptions,

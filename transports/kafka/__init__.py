@@ -19,17 +19,22 @@ Built on aiokafka (``pip install polybus[kafka]``).
 
 from __future__ import annotations
 
-from polybus.config import TransportPlugin
+from typing import TYPE_CHECKING
 
-from ._client import KafkaClientTransport
-from ._common import FEATURES, Codec, check_topic
-from ._context import KafkaContext
-from ._options import KafkaOptions
-from ._server import KafkaServerTransport
+from polybus.plugins import TransportSpec, lazy_attributes
+
+if TYPE_CHECKING:
+    from ._client import KafkaClientTransport
+    from ._common import FEATURES, Codec, check_topic
+    from ._context import KafkaContext
+    from ._options import KafkaOptions
+    from ._plugin import PLUGIN
+    from ._server import KafkaServerTransport
 
 __all__ = [
     "FEATURES",
     "PLUGIN",
+    "SPEC",
     "Codec",
     "KafkaClientTransport",
     "KafkaContext",
@@ -38,4 +43,27 @@ __all__ = [
     "check_topic",
 ]
 
-PLUGIN = TransportPlugin("KAFKA", KafkaOptions, KafkaClientTransport, KafkaServerTransport)
+SPEC = TransportSpec(
+    name="kafka",
+    schemes=("kafka",),
+    implementation="polybus.transports.kafka._plugin:PLUGIN",
+    nest_names=("KAFKA",),
+    nest_number=6,
+    extra="kafka",
+)
+"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
+importing it imports no client library."""
+
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "KafkaClientTransport": "._client",
+        "FEATURES": "._common",
+        "Codec": "._common",
+        "check_topic": "._common",
+        "KafkaContext": "._context",
+        "KafkaOptions": "._options",
+        "KafkaServerTransport": "._server",
+        "PLUGIN": "._plugin",
+    },
+)

@@ -45,7 +45,6 @@ FEATURES: Final = Features(
     durable_events=True,
     headers=True,
     isolation_option="group_id",
-    restart_command=("sh", "-c", "bash .ci/kafka.sh stop; bash .ci/kafka.sh start"),
 )
 
 CORRELATION_ID: Final = "kafka_correlationId"

@@ -20,20 +20,46 @@ included), no queue group unless ``queue`` is set (server option, or per handler
 
 from __future__ import annotations
 
-from polybus.config import TransportPlugin
+from typing import TYPE_CHECKING
 
-from ._client import NatsClientTransport
-from ._common import FEATURES
-from ._options import NatsOptions
-from ._server import NatsContext, NatsServerTransport
+from polybus.plugins import TransportSpec, lazy_attributes
+
+if TYPE_CHECKING:
+    from ._client import NatsClientTransport
+    from ._common import FEATURES
+    from ._options import NatsOptions
+    from ._plugin import PLUGIN
+    from ._server import NatsContext, NatsServerTransport
 
 __all__ = [
     "FEATURES",
     "PLUGIN",
+    "SPEC",
     "NatsClientTransport",
     "NatsContext",
     "NatsOptions",
     "NatsServerTransport",
 ]
 
-PLUGIN = TransportPlugin("NATS", NatsOptions, NatsClientTransport, NatsServerTransport)
+SPEC = TransportSpec(
+    name="nats",
+    schemes=("nats", "tls"),
+    implementation="polybus.transports.nats._plugin:PLUGIN",
+    nest_names=("NATS",),
+    nest_number=2,
+    extra="nats",
+)
+"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
+importing it imports no client library."""
+
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "NatsClientTransport": "._client",
+        "FEATURES": "._common",
+        "NatsOptions": "._options",
+        "NatsContext": "._server",
+        "NatsServerTransport": "._server",
+        "PLUGIN": "._plugin",
+    },
+)

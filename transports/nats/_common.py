@@ -25,19 +25,12 @@ __all__ = [
 
 log = logging.getLogger("polybus.nats")
 
-_RESTART = (
-    "start-stop-daemon --stop --oknodo --retry 5 --exec /usr/sbin/nats-server"
-    " && start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server"
-    " -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
-)
-
 FEATURES = Features(
     name="nats",
     unknown_pattern="no_responders",
     broadcast=True,
     queue_groups=True,
     headers=True,
-    restart_command=("sh", "-c", _RESTART),
     notes={
         "payload_1mib": "a 1 MiB payload plus its envelope exceeds the NATS server's default "
         "max_payload (1 MiB, raised only in the server's config file); "

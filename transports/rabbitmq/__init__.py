@@ -20,24 +20,50 @@ URL: ``amqp://user:pass@host:5672/vhost?queue=orders&prefetch_count=50&no_ack=fa
 
 from __future__ import annotations
 
-from polybus.config import TransportPlugin
-from polybus.packets import DEADLINE_HEADER
+from typing import TYPE_CHECKING
 
-from ._client import RmqClientTransport
-from ._common import DEFAULT_SERVER_PREFETCH, DIRECT_REPLY_TO, FEATURES
-from ._options import RmqOptions
-from ._server import RmqContext, RmqServerTransport
+from polybus.plugins import TransportSpec, lazy_attributes
+
+if TYPE_CHECKING:
+    from ._client import RmqClientTransport
+    from ._common import DEFAULT_SERVER_PREFETCH, DIRECT_REPLY_TO, FEATURES
+    from ._options import RmqOptions
+    from ._plugin import PLUGIN
+    from ._server import RmqContext, RmqServerTransport
 
 __all__ = [
-    "DEADLINE_HEADER",
     "DEFAULT_SERVER_PREFETCH",
     "DIRECT_REPLY_TO",
     "FEATURES",
     "PLUGIN",
+    "SPEC",
     "RmqClientTransport",
     "RmqContext",
     "RmqOptions",
     "RmqServerTransport",
 ]
 
-PLUGIN = TransportPlugin("RMQ", RmqOptions, RmqClientTransport, RmqServerTransport)
+SPEC = TransportSpec(
+    name="rabbitmq",
+    schemes=("amqp", "amqps"),
+    implementation="polybus.transports.rabbitmq._plugin:PLUGIN",
+    nest_names=("RMQ", "RABBITMQ"),
+    nest_number=5,
+    extra="rabbitmq",
+)
+"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
+importing it imports no client library."""
+
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "RmqClientTransport": "._client",
+        "DEFAULT_SERVER_PREFETCH": "._common",
+        "DIRECT_REPLY_TO": "._common",
+        "FEATURES": "._common",
+        "RmqOptions": "._options",
+        "RmqContext": "._server",
+        "RmqServerTransport": "._server",
+        "PLUGIN": "._plugin",
+    },
+)

@@ -31,7 +31,6 @@ FEATURES = Features(
     headers=True,
     isolation_option="queue",
     durable_options={"no_ack": False},
-    restart_command=("sh", "-c", "rabbitmqctl stop_app && rabbitmqctl start_app"),
 )
 
 

@@ -23,17 +23,22 @@ a subscriber and a publisher.
 
 from __future__ import annotations
 
-from polybus.config import TransportPlugin
+from typing import TYPE_CHECKING
 
-from ._client import RedisClientTransport
-from ._common import FEATURES
-from ._link import MessageHandler
-from ._options import RedisOptions
-from ._server import RedisContext, RedisServerTransport
+from polybus.plugins import TransportSpec, lazy_attributes
+
+if TYPE_CHECKING:
+    from ._client import RedisClientTransport
+    from ._common import FEATURES
+    from ._link import MessageHandler
+    from ._options import RedisOptions
+    from ._plugin import PLUGIN
+    from ._server import RedisContext, RedisServerTransport
 
 __all__ = [
     "FEATURES",
     "PLUGIN",
+    "SPEC",
     "MessageHandler",
     "RedisClientTransport",
     "RedisContext",
@@ -41,4 +46,26 @@ __all__ = [
     "RedisServerTransport",
 ]
 
-PLUGIN = TransportPlugin("REDIS", RedisOptions, RedisClientTransport, RedisServerTransport)
+SPEC = TransportSpec(
+    name="redis",
+    schemes=("redis", "rediss"),
+    implementation="polybus.transports.redis._plugin:PLUGIN",
+    nest_names=("REDIS",),
+    nest_number=1,
+    extra="redis",
+)
+"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
+importing it imports no client library."""
+
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "RedisClientTransport": "._client",
+        "FEATURES": "._common",
+        "MessageHandler": "._link",
+        "RedisOptions": "._options",
+        "RedisContext": "._server",
+        "RedisServerTransport": "._server",
+        "PLUGIN": "._plugin",
+    },
+)

@@ -16,13 +16,6 @@ FEATURES = Features(
     unknown_pattern="timeout",
     broadcast=True,
     headers=True,
-    restart_command=(
-        "sh",
-        "-c",
-        "redis-cli -p 6379 shutdown nosave; sleep 0.5; "
-        "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' "
-        "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
-    ),
 )
 
 

@@ -11,18 +11,24 @@ next call reconnects). Writes made in one event-loop iteration leave in one ``wr
 
 from __future__ import annotations
 
-from polybus.config import TransportPlugin
+from typing import TYPE_CHECKING
 
-from ._client import TcpClientTransport
-from ._common import FEATURES, FramedConnection
-from ._framing import FrameDecoder, frame
-from ._options import TcpOptions
-from ._server import TcpContext, TcpServerTransport
+from polybus.plugins import TransportSpec, lazy_attributes
+
+if TYPE_CHECKING:
+    from ._client import TcpClientTransport
+    from ._common import FEATURES, FramedConnection
+    from ._framing import FrameDecoder, frame
+    from ._options import TcpOptions
+    from ._plugin import PLUGIN
+    from ._server import TcpContext, TcpServerTransport
 
 __all__ = [
     "FEATURES",
     "PLUGIN",
+    "SPEC",
     "FrameDecoder",
+    "FramedConnection",
     "TcpClientTransport",
     "TcpContext",
     "TcpOptions",
@@ -30,7 +36,28 @@ __all__ = [
     "frame",
 ]
 
-_Connection = FramedConnection
-"""The connection class under its former module-level name (the benchmark patches it)."""
+SPEC = TransportSpec(
+    name="tcp",
+    schemes=("tcp", "tcps"),
+    implementation="polybus.transports.tcp._plugin:PLUGIN",
+    nest_names=("TCP",),
+    nest_number=0,
+    extra=None,
+)
+"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
+importing it imports no client library."""
 
-PLUGIN = TransportPlugin("TCP", TcpOptions, TcpClientTransport, TcpServerTransport)
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "TcpClientTransport": "._client",
+        "FEATURES": "._common",
+        "FramedConnection": "._common",
+        "FrameDecoder": "._framing",
+        "frame": "._framing",
+        "TcpOptions": "._options",
+        "TcpContext": "._server",
+        "TcpServerTransport": "._server",
+        "PLUGIN": "._plugin",
+    },
+)

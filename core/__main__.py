@@ -1,0 +1,5 @@
+"""``python -m polybus``: the ``polybus`` command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,13 @@
+"""The implementation the declaration in ``__init__`` points at (imports the client library)."""
+
+from __future__ import annotations
+
+from polybus.plugins import TransportPlugin
+
+from ._client import NatsClientTransport
+from ._options import NatsOptions
+from ._server import NatsServerTransport
+
+__all__ = ["PLUGIN"]
+
+PLUGIN = TransportPlugin("NATS", NatsOptions, NatsClientTransport, NatsServerTransport)

@@ -1,0 +1,13 @@
+"""The implementation the declaration in ``__init__`` points at (imports the client library)."""
+
+from __future__ import annotations
+
+from polybus.plugins import TransportPlugin
+
+from ._client import TcpClientTransport
+from ._options import TcpOptions
+from ._server import TcpServerTransport
+
+__all__ = ["PLUGIN"]
+
+PLUGIN = TransportPlugin("TCP", TcpOptions, TcpClientTransport, TcpServerTransport)
