@@ -87,7 +87,7 @@ async def soak(name: str, seconds: float, rate: float, timeout: float) -> dict[s
         assert command is not None, f"set POLYBUS_{name.upper()}_RESTART (see .ci/run)"
         marks["restart"] = time.monotonic() - started
         await run_command(command, cwd=ROOT)
-        await wait_broker(name)
+        await wait_broker(url)
         marks["broker_back"] = time.monotonic() - started
 
     fault = asyncio.ensure_future(restart())

@@ -68,8 +68,8 @@ class Features:
     """Option naming the broker-side service (RabbitMQ ``queue``, Kafka ``group_id``):
     the conformance suite gives each test its own value so tests never share state."""
     durable_options: dict[str, Any] = field(default_factory=dict)
-    """Options a service needs for its accepted messages to survive a crash (RabbitMQ:
-    ``no_ack=False`` and persistent messages); the durability cases use them."""
+    """Options a service and its clients need for accepted messages to survive a crash
+    (RabbitMQ: ``no_ack=False`` and persistent messages); the durability cases use them."""
     notes: dict[str, str] = field(default_factory=dict)
     """Declared differences, case name → reason, shown when the suite skips a case."""
 

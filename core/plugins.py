@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .abc import ClientTransport, Features, ServerTransport
     from .config import TransportOptions
     from .serializers import Serializer
+    from .testing.injection import FaultInjection
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -68,12 +69,14 @@ class ServerFactory(Protocol):
 
 @dataclass(frozen=True)
 class TransportPlugin:
-    """A transport's implementation: its options type and the factories of its two halves."""
+    """A transport's implementation: its options type, the factories of its two halves and,
+    optionally, what it offers the fault suite (:mod:`polybus.testing.injection`)."""
 
     name: str
     options: type[TransportOptions]
     client: ClientFactory
     server: ServerFactory
+    faults: FaultInjection | None = None
 
     @property
     def features(self) -> Features:

@@ -40,13 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import os
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import textwrap
@@ -62,20 +60,22 @@ import pytest
 
 from ..abc import SupportsCleanup
 from ..client import ClientProxy
-from ..config import create_server_transport
+from ..config import create_server_transport, redact_url, resolve_target
 from ..errors import PolybusError, RequestTimeout, TransportError
 from .brokers import BROKERS, env_flag, require, restart_command
 from .harness import NOT_APPLICABLE, Conformance
+from .injection import Cut, FaultInjection, probe_port
 
 __all__ = [
-    "BROKER_PORTS",
     "FIGURES",
     "Faults",
     "Outcome",
     "SoakStats",
     "broker_answers",
+    "brokers_up",
     "disruptive_allowed",
     "ensure_brokers",
+    "injection_of",
     "soak",
     "test_broker_restart_mid_traffic",
     "test_client_connection_cut",
@@ -86,18 +86,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("polybus.testing.faults")
-
-BROKER_PORTS: dict[str, int] = {"redis": 6379, "nats": 4222, "rabbitmq": 5672, "kafka": 19092}
-"""The local brokers of this machine, by transport name (``Features.name``)."""
-
-RECOVER_COMMANDS: dict[str, list[list[str]]] = {
-    # ``rabbitmqctl stop_app`` leaves the node up with the app stopped: start_app first.
-    "rabbitmq": [["rabbitmqctl", "start_app"], ["bash", ".ci/brokers.sh"]],
-    "redis": [["bash", ".ci/brokers.sh"]],
-    "nats": [["bash", ".ci/brokers.sh"]],
-    "kafka": [["bash", ".ci/kafka.sh", "start"]],
-}
-"""How to bring a broker back if a case left it down (run from the project root)."""
 
 FIGURES: list[dict[str, Any]] = []
 """Timings measured by the cases: ``{"case", "transport", <figure>: seconds, ...}``."""
@@ -110,7 +98,7 @@ RECOVERY_TIMEOUT = 45.0
 """Longest a client may take to succeed again once its broker answers."""
 FAULT_CASE_TIMEOUT = 240.0
 """Longest one fault case may run (pytest-timeout must allow more: see the marks)."""
-SLACK = 1.5
+SLACK = 0.75
 """Seconds a failed call may take beyond its timeout (scheduling, a busy machine)."""
 
 
@@ -297,56 +285,36 @@ async def soak(
 # -- brokers ------------------------------------------------------------------------------
 
 
-def _probe(port: int, send: bytes, check: Callable[[bytes], bool], timeout: float = 2.0) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            if send:
-                sock.sendall(send)
-            data = b""
-            end = time.monotonic() + timeout
-            while time.monotonic() < end and len(data) < 8:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-                if check(data):
-                    return True
-            return check(data)
-    except OSError:
-        return False
+def injection_of(url: str) -> FaultInjection:
+    """What the transport of ``url`` offers the fault suite (the defaults if nothing)."""
+    plugin, _ = resolve_target(url, {})
+    return plugin.faults or FaultInjection()
 
 
-def _kafka_metadata() -> bytes:
-    client_id = b"polybus-faults"
-    body = struct.pack(">hhih", 3, 0, 1, len(client_id)) + client_id + struct.pack(">i", 0)
-    return struct.pack(">i", len(body)) + body
+def _address(url: str) -> tuple[str, int] | None:
+    parts = urlsplit(url)
+    first = parts.netloc.rsplit("@", 1)[-1].split(",")[0]
+    host, _, port = first.rpartition(":")
+    if not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def broker_answers(name: str, port: int | None = None) -> bool:
-    """True when the ``name`` broker answers its own protocol (not just an open port)."""
-    port = BROKER_PORTS.get(name) if port is None else port
-    if port is None:
-        return False
-    if name == "redis":
-        return _probe(port, b"PING\r\n", lambda d: d.startswith(b"+PONG"))
-    if name == "nats":
-        return _probe(port, b"", lambda d: d.startswith(b"INFO"))
-    if name == "rabbitmq":
-        return _probe(port, b"AMQP\x00\x00\x09\x01", lambda d: d[:1] == b"\x01")
-    if name == "kafka":
-        return _probe(port, _kafka_metadata(), lambda d: len(d) >= 8 and d[4:8] == b"\0\0\0\x01")
-    return _probe(port, b"", lambda d: True, timeout=0.5)
+def broker_answers(url: str) -> bool:
+    """True when the broker of ``url`` answers its own protocol (not just an open port)."""
+    address = _address(url)
+    return address is not None and probe_port(*address, injection_of(url))
 
 
-async def wait_broker(name: str, timeout: float = READY_TIMEOUT) -> float:
+async def wait_broker(url: str, timeout: float = READY_TIMEOUT) -> float:
     """Wait until the broker answers; the seconds it took. ``AssertionError`` if it never does."""
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     while True:
-        if await loop.run_in_executor(None, broker_answers, name):
+        if await loop.run_in_executor(None, broker_answers, url):
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"the {name} broker did not answer within {timeout:g}s")
+            raise AssertionError(f"the broker at {redact_url(url)} did not answer in {timeout:g}s")
         await asyncio.sleep(0.1)
 
 
@@ -371,34 +339,35 @@ async def run_command(
     return proc.returncode or 0, out.decode(errors="replace")
 
 
-def ensure_brokers(root: Path, names: Sequence[str] | None = None) -> list[str]:
-    """Bring back every listed broker that does not answer; returns the ones restarted.
+def brokers_up() -> dict[str, str]:
+    """Name → URL of every test broker (:data:`~polybus.testing.brokers.BROKERS`) answering."""
+    urls = {name: os.environ.get(b.env) or b.default for name, b in BROKERS.items()}
+    return {name: url for name, url in urls.items() if broker_answers(url)}
 
-    Raises ``AssertionError`` if one stays down: a fault case must never leave a broker
-    (shared with other developers and test runs) stopped.
-    """
+
+def ensure_brokers(brokers: dict[str, str]) -> list[str]:
+    """Bring back every listed broker (name → URL) that does not answer, with its restart
+    command; returns the ones restarted. ``AssertionError`` if one stays down: a fault case
+    must never leave a broker (shared with other test runs) stopped."""
     restarted = []
-    for name in names if names is not None else list(BROKER_PORTS):
-        if broker_answers(name):
+    for name, url in brokers.items():
+        if broker_answers(url):
             continue
         log.warning("the %s broker is down after a fault case; bringing it back", name)
-        for command in RECOVER_COMMANDS.get(name, []):
-            if command[0] == "bash" and not (root / command[1]).exists():
-                continue
-            code, out = asyncio.run(run_command(command, cwd=root))
+        command = restart_command(name)
+        if command is not None:
+            code, out = asyncio.run(run_command(command))
             log.info("%s -> %s %s", " ".join(command), code, out[-500:])
-            if _wait_sync(name, 30):
-                break
-        if not _wait_sync(name, 30):
+        if not _wait_sync(url, 30):
             raise AssertionError(f"the {name} broker is down and could not be restarted")
         restarted.append(name)
     return restarted
 
 
-def _wait_sync(name: str, timeout: float) -> bool:
+def _wait_sync(url: str, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if broker_answers(name):
+        if broker_answers(url):
             return True
         time.sleep(0.2)
     return False
@@ -445,12 +414,6 @@ def _shutdown_fd(fd: int) -> None:
 
 
 # -- the harness --------------------------------------------------------------------------
-
-DURABLE_OPTIONS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
-    "rabbitmq": ({"no_ack": "false"}, {"persistent": "true"}),
-    "kafka": ({"from_beginning": "true"}, {}),
-}
-"""Per transport: (server, client) URL options for at-least-once delivery."""
 
 SERVER_APP = """
 import asyncio
@@ -508,6 +471,7 @@ class Faults(Conformance):
         self.root = root or Path.cwd()
         self.disruptive = disruptive
         self.name = self.features.name
+        self.injection = injection_of(url)
         self.figures: dict[str, Any] = {}
 
     def run_faults(self, case: Callable[[Faults], Awaitable[None]]) -> None:
@@ -530,13 +494,17 @@ class Faults(Conformance):
                 "POLYBUS_ALLOW_DISRUPTIVE=1 or -m faults"
             )
 
+    def ensure_broker(self) -> None:
+        """Bring this case's broker back if the case left it down."""
+        if self.name in BROKERS:
+            ensure_brokers({self.name: self.url})
+
     def broker_port(self) -> int | None:
-        if self.name not in BROKER_PORTS:
+        """The broker's port (None where the transport has no broker of its own)."""
+        if self.name not in BROKERS:
             return None
-        parts = urlsplit(self.url)
-        netloc = parts.netloc.rsplit("@", 1)[-1].split(",")[0]
-        port = netloc.rpartition(":")[2]
-        return int(port) if port.isdigit() else BROKER_PORTS[self.name]
+        address = _address(self.url)
+        return None if address is None else address[1]
 
     # -- faults ------------------------------------------------------------------------
 
@@ -547,55 +515,21 @@ class Faults(Conformance):
             require(f"no restart command for the {self.name} broker: set its POLYBUS_*_RESTART")
             raise AssertionError("unreachable")
         started = time.monotonic()
-        code, out = await run_command(list(command), cwd=self.root)
+        code, out = await run_command(command, cwd=self.root)
         if code != 0:
             log.warning("restart command exited %s: %s", code, out[-2000:])
-        await wait_broker(self.name)
+        await wait_broker(self.url)
         took = time.monotonic() - started
         self.figures["broker_restart_s"] = round(took, 2)
         return took
 
-    async def prepare_cut(self, fds: dict[int, int]) -> tuple[str, Callable[[], Awaitable[None]]]:
-        """How to cut the given connections (fd → local port) of this process: the method's
-        name and a coroutine function that cuts them (slow lookups are done here, first)."""
-        if self.name == "redis" and fds:
-            from redis.asyncio import Redis
-
-            async def kill() -> None:
-                admin = Redis.from_url(self.url)
-                try:
-                    for port in fds.values():
-                        with contextlib.suppress(Exception):
-                            await admin.execute_command(  # type: ignore[no-untyped-call]
-                                "CLIENT", "KILL", "ADDR", f"127.0.0.1:{port}"
-                            )
-                finally:
-                    await admin.aclose()
-
-            return "redis CLIENT KILL ADDR", kill
-        if self.name == "rabbitmq" and fds:
-            code, out = await run_command(
-                ["rabbitmqctl", "-q", "list_connections", "pid", "peer_port"], timeout=30
-            )
-            pids = [
-                fields[0]
-                for fields in (line.split() for line in out.splitlines())
-                if len(fields) == 2 and fields[1].isdigit() and int(fields[1]) in fds.values()
-            ]
-            if code == 0 and pids:
-
-                async def close() -> None:
-                    await asyncio.gather(
-                        *(
-                            run_command(
-                                ["rabbitmqctl", "close_connection", pid, "polybus fault test"],
-                                timeout=30,
-                            )
-                            for pid in pids
-                        )
-                    )
-
-                return "rabbitmqctl close_connection", close
+    async def prepare_cut(self, fds: dict[int, int]) -> Cut:
+        """How to cut the given connections (fd → local port) of this process: the broker's
+        own way where the transport offers one, else a socket shutdown (slow lookups are
+        done here, first)."""
+        cut = await self.injection.prepare_cut(self.url, set(fds.values())) if fds else None
+        if cut is not None:
+            return cut
 
         async def shutdown() -> None:
             for fd in fds:
@@ -603,98 +537,31 @@ class Faults(Conformance):
 
         return "socket shutdown", shutdown
 
-    def cut_tcp_server_side(self) -> str:
-        from ..transports.tcp import TcpServerTransport
-
+    async def cut_servers(self) -> bool:
+        """Cut the connections of servers that are themselves the broker (TCP)."""
+        cut = False
         for app in self._servers:
-            transport = app.transport
-            if isinstance(transport, TcpServerTransport):
-                for conn in list(transport._connections):
-                    if conn.transport is not None:
-                        conn.transport.abort()
-        return "server-side abort"
+            cut = await self.injection.cut_server(app.transport) or cut
+        return cut
 
     async def inject(self, route: str, payloads: Sequence[bytes]) -> None:
-        """Publish raw bytes where the server listens for ``route``, bypassing polybus."""
-        if self.name == "redis":
-            from redis.asyncio import Redis
-
-            redis = Redis.from_url(self.url)
-            try:
-                for payload in payloads:
-                    await redis.publish(route, payload)
-            finally:
-                await redis.aclose()
-        elif self.name == "nats":
-            import nats
-
-            nc = await nats.connect(self.url)
-            try:
-                for payload in payloads:
-                    await nc.publish(route, payload, reply=nc.new_inbox())
-                await nc.flush()
-            finally:
-                await nc.close()
-        elif self.name == "rabbitmq":
-            import aio_pika
-
-            connection = await aio_pika.connect(self.url.split("?", 1)[0])
-            try:
-                channel = await connection.channel()
-                for payload in payloads:
-                    message = aio_pika.Message(
-                        payload,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        correlation_id=uuid.uuid4().hex,
-                    )
-                    await channel.default_exchange.publish(
-                        message, routing_key=self._isolation["queue"]
-                    )
-            finally:
-                await connection.close()
-        elif self.name == "kafka":
-            aiokafka: Any = importlib.import_module("aiokafka")  # no type information
-
-            netloc = urlsplit(self.url).netloc.rsplit("@", 1)[-1]
-            producer = aiokafka.AIOKafkaProducer(bootstrap_servers=netloc.split(","))
-            await producer.start()
-            try:
-                for payload in payloads:
-                    await producer.send_and_wait(route, payload)
-            finally:
-                await producer.stop()
-        elif self.name == "tcp":
-            port = int(urlsplit(self._client_url).port or 0)
-            for payload in payloads:
-                with contextlib.suppress(OSError):
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
-                    writer.write(payload)
-                    await writer.drain()
-                    writer.close()
-        else:
-            pytest.skip(f"no raw publisher for {self.name}")
+        """Deliver raw bytes where the server listens for ``route``, bypassing polybus."""
+        try:
+            await self.injection.inject(self._client_url, route, payloads, self._isolation)
+        except NotImplementedError:
+            pytest.skip(f"{NOT_APPLICABLE}{self.name} offers no raw publisher (FaultInjection)")
 
     async def queue_depth(self) -> int | None:
-        """Messages ready in the RabbitMQ service queue (None on other transports)."""
-        if self.name != "rabbitmq":
-            return None
-        import aio_pika
-
-        connection = await aio_pika.connect(self.url.split("?", 1)[0])
-        try:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(self._isolation["queue"], passive=True)
-            count = queue.declaration_result.message_count
-            return int(count or 0)
-        finally:
-            await connection.close()
-
-    # -- server processes -----------------------------------------------------------------
+        """Messages still queued for the service (None where there is no queue)."""
+        return await self.injection.queue_depth(self.url, self._isolation)
 
     def durable_urls(self) -> tuple[str, str]:
-        server_opts, client_opts = DURABLE_OPTIONS.get(self.name, ({}, {}))
-        base = _with_query(self.url, {k: str(v) for k, v in self._isolation.items()})
-        return _with_query(base, server_opts), _with_query(base, client_opts)
+        """Server and client URLs with the isolation and ``Features.durable_options``."""
+        options = {**self._isolation, **self.features.durable_options}
+        url = _with_query(self.url, {k: str(v).lower() for k, v in options.items()})
+        return url, url
+
+    # -- server processes -----------------------------------------------------------------
 
     async def spawn_server(self, url: str, workdir: Path, env: dict[str, str]) -> Any:
         app_file = workdir / "polybus_fault_app.py"
@@ -764,18 +631,14 @@ def test_poison_messages_are_dropped(faults: Faults) -> None:
     """Garbage on the server's own channel is dropped, once, and the server keeps serving."""
 
     async def case(f: Faults) -> None:
-        options: dict[str, Any] = {"max_message_bytes": POISON_LIMIT}
-        if f.name == "rabbitmq":
-            options["no_ack"] = False  # poison must be rejected, not requeued
-        await f.server(**options)
+        # with the durable options (RabbitMQ: acks) poison must be rejected, not requeued
+        await f.server(max_message_bytes=POISON_LIMIT, **f.features.durable_options)
         client = f.client()
         assert await client.send(f.routes.echo, "before") == "before"
         warnings = _CountWarnings()
         logging.getLogger("polybus").addHandler(warnings)
         try:
             payloads = [*POISON, b'{"pattern":"x","data":"' + b"x" * (2 * POISON_LIMIT) + b'"}']
-            if f.name == "tcp":
-                payloads = [b"%d#%b" % (len(p), p) for p in payloads]
             await f.inject(f.routes.echo, payloads)
             for i in range(3):
                 assert await client.send(f.routes.echo, f"after {i}", timeout=15) == f"after {i}"
@@ -871,7 +734,7 @@ def test_broker_restart_mid_traffic(faults: Faults) -> None:
     try:
         faults.run_faults(case)
     finally:
-        ensure_brokers(faults.root, [faults.name])
+        faults.ensure_broker()
 
 
 @pytest.mark.faults
@@ -879,8 +742,8 @@ def test_broker_restart_mid_traffic(faults: Faults) -> None:
 def test_client_connection_cut(faults: Faults) -> None:
     """Cut the client's own connections: its calls fail or finish, then it recovers alone."""
     faults.require_disruptive()
-    port = faults.broker_port()
-    if faults.name != "tcp" and (port is None or not os.path.isdir("/proc/self/fd")):
+    port = faults.broker_port()  # None: the server is the broker (TCP), it cuts
+    if port is not None and not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc to find this client's connections")
 
     async def case(f: Faults) -> None:
@@ -892,16 +755,16 @@ def test_client_connection_cut(faults: Faults) -> None:
         mine = {
             fd: p for fd, p in (own_connections(port) if port else {}).items() if fd not in before
         }
-        if f.name != "tcp":
-            assert mine, "found no connection of the client to cut"
         cut: Callable[[], Awaitable[None]]
-        if f.name == "tcp":
+        if port is None:
 
-            async def tcp_cut() -> None:
-                f.cut_tcp_server_side()
+            async def server_cut() -> None:
+                if not await f.cut_servers():
+                    pytest.skip(f"{NOT_APPLICABLE}{f.name} has no broker and no server cut")
 
-            method, cut = "server-side abort", tcp_cut
+            method, cut = "server-side abort", server_cut
         else:
+            assert mine, "found no connection of the client to cut"
             method, cut = await f.prepare_cut(mine)
         changes: list[float] = []
         client.watch_status(lambda status: changes.append(time.monotonic()))
@@ -933,8 +796,7 @@ def test_client_connection_cut(faults: Faults) -> None:
     try:
         faults.run_faults(case)
     finally:
-        if faults.name in BROKER_PORTS:
-            ensure_brokers(faults.root, [faults.name])
+        faults.ensure_broker()
 
 
 @pytest.mark.faults
@@ -1021,7 +883,7 @@ def test_killed_server_loses_no_durable_event(faults: Faults) -> None:
     try:
         faults.run_faults(case)
     finally:
-        ensure_brokers(faults.root, [faults.name])
+        faults.ensure_broker()
 
 
 def _lines(path: Path) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from polybus.testing.brokers import broker_url
 from polybus.testing.faults import *  # noqa: F403
-from polybus.testing.faults import BROKER_PORTS, broker_answers, ensure_brokers
+from polybus.testing.faults import brokers_up, ensure_brokers
 
 TRANSPORTS = {
     "tcp": lambda: "tcp://127.0.0.1:0",
@@ -34,6 +34,6 @@ def polybus_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def brokers_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     """After every case: each broker that answered before it must answer again."""
-    up_before = [name for name in BROKER_PORTS if broker_answers(name)]
+    up_before = brokers_up()
     yield
-    ensure_brokers(request.config.rootpath, up_before)
+    ensure_brokers(up_before)

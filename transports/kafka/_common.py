@@ -45,6 +45,8 @@ FEATURES: Final = Features(
     durable_events=True,
     headers=True,
     isolation_option="group_id",
+    # a service whose first instance died before committing still reads what was sent
+    durable_options={"from_beginning": True},
 )
 
 CORRELATION_ID: Final = "kafka_correlationId"

@@ -5,9 +5,12 @@ from __future__ import annotations
 from polybus.plugins import TransportPlugin
 
 from ._client import KafkaClientTransport
+from ._faults import KafkaFaults
 from ._options import KafkaOptions
 from ._server import KafkaServerTransport
 
 __all__ = ["PLUGIN"]
 
-PLUGIN = TransportPlugin("KAFKA", KafkaOptions, KafkaClientTransport, KafkaServerTransport)
+PLUGIN = TransportPlugin(
+    "KAFKA", KafkaOptions, KafkaClientTransport, KafkaServerTransport, KafkaFaults()
+)

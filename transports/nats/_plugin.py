@@ -5,9 +5,12 @@ from __future__ import annotations
 from polybus.plugins import TransportPlugin
 
 from ._client import NatsClientTransport
+from ._faults import NatsFaults
 from ._options import NatsOptions
 from ._server import NatsServerTransport
 
 __all__ = ["PLUGIN"]
 
-PLUGIN = TransportPlugin("NATS", NatsOptions, NatsClientTransport, NatsServerTransport)
+PLUGIN = TransportPlugin(
+    "NATS", NatsOptions, NatsClientTransport, NatsServerTransport, NatsFaults()
+)

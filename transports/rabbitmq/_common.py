@@ -30,7 +30,7 @@ FEATURES = Features(
     durable_events=True,
     headers=True,
     isolation_option="queue",
-    durable_options={"no_ack": False},
+    durable_options={"no_ack": False, "persistent": True},
 )
 
 

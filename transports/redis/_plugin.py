@@ -5,9 +5,12 @@ from __future__ import annotations
 from polybus.plugins import TransportPlugin
 
 from ._client import RedisClientTransport
+from ._faults import RedisFaults
 from ._options import RedisOptions
 from ._server import RedisServerTransport
 
 __all__ = ["PLUGIN"]
 
-PLUGIN = TransportPlugin("REDIS", RedisOptions, RedisClientTransport, RedisServerTransport)
+PLUGIN = TransportPlugin(
+    "REDIS", RedisOptions, RedisClientTransport, RedisServerTransport, RedisFaults()
+)

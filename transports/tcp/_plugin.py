@@ -5,9 +5,12 @@ from __future__ import annotations
 from polybus.plugins import TransportPlugin
 
 from ._client import TcpClientTransport
+from ._faults import TcpFaults
 from ._options import TcpOptions
 from ._server import TcpServerTransport
 
 __all__ = ["PLUGIN"]
 
-PLUGIN = TransportPlugin("TCP", TcpOptions, TcpClientTransport, TcpServerTransport)
+PLUGIN = TransportPlugin(
+    "TCP", TcpOptions, TcpClientTransport, TcpServerTransport, faults=TcpFaults()
+)
