@@ -34,9 +34,10 @@ for version in ${POLYBUS_PYTHONS:-3.10 3.13}; do
   venv=.venv-$version
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e tests/plugins/loopback
   echo "pythons.sh: $("$venv/bin/python" -V)"
   "$venv/bin/python" -m pytest -p no:cacheprovider -q -rs \
     tests/unit tests/integration/test_tcp_reliability.py tests/integration/test_shutdown.py
   "$venv/bin/python" -m pytest -p no:cacheprovider -q -rs \
-    tests/integration/test_conformance.py -k "memory or tcp"
+    tests/integration/test_conformance.py -k "memory or tcp or loopback"
 done

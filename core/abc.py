@@ -2,7 +2,7 @@
 
 Everything else — correlation of replies, timeouts, serialization choices, routing by
 pattern, streaming, error shapes — lives in core. An adapter owns only its broker's own
-request-reply mechanics (PROTOCOL.md per transport) and maps its client library's errors
+request-reply mechanics (docs/PROTOCOL.md per transport) and maps its client library's errors
 to :class:`polybus.errors.TransportError` at its boundary.
 """
 

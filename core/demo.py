@@ -36,13 +36,15 @@ class Invoice(BaseModel):
 
 
 def _service_url(url: str) -> str:
-    """Name the billing service where the transport needs one (RabbitMQ's queue)."""
+    """Name the billing service where the transport needs one (``Features.isolation_option``:
+    RabbitMQ's queue, Kafka's group) and the URL names none."""
+    option = features_of(url).isolation_option
     parts = urlsplit(url)
-    if parts.scheme in ("amqp", "amqps"):
-        query = dict(parse_qsl(parts.query))
-        query.setdefault("queue", "polybus-demo-billing")
-        return urlunsplit(parts._replace(query=urlencode(query)))
-    return url
+    query = dict(parse_qsl(parts.query))
+    if option is None or option in query:
+        return url
+    query[option] = "polybus-demo-billing"
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def build_billing(url: str, charge_pattern: Any, placed: asyncio.Event) -> Microservice:

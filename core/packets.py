@@ -1,4 +1,4 @@
-"""Packets as they travel, and the NestJS JSON envelopes they are written in (PROTOCOL.md §1).
+"""Packets as they travel, and the NestJS JSON envelopes they are written in (docs/PROTOCOL.md §1).
 
 Clients build :class:`Request` and :class:`Event`; servers answer with :class:`Reply`.
 Envelope helpers here are shared by every transport that carries NestJS's JSON envelope
@@ -129,7 +129,7 @@ def new_id_factory() -> Any:
 
 def encode_request(serializer: Serializer, request: Request, *, metadata: bool = False) -> bytes:
     """The request envelope. With ``metadata``, its headers and deadline ride in NestJS
-    v12's ``metadata`` object (PROTOCOL.md §1.1), which Nest servers accept and ignore or
+    v12's ``metadata`` object (docs/PROTOCOL.md §1.1), which Nest servers accept and ignore or
     expose (``TcpContext.getMetadata()``); for transports without message headers."""
     packet: dict[str, Any] = {"pattern": request.pattern, "data": request.data, "id": request.id}
     if metadata:
@@ -259,7 +259,7 @@ def _read_metadata(value: dict[Any, Any]) -> dict[str, str] | None:
 def decode_incoming(
     serializer: Serializer, body: bytes | bytearray | memoryview, channel: str | None = None
 ) -> Incoming:
-    """Decode a request/event envelope (PROTOCOL.md §1.1, §1.3).
+    """Decode a request/event envelope (docs/PROTOCOL.md §1.1, §1.3).
 
     ``channel`` is the channel/subject the body arrived on, for transports that dispatch by
     it: there, a body with neither ``pattern`` nor ``data`` is a foreign message, handed to

@@ -168,8 +168,8 @@ def find_by_scheme(scheme: str) -> TransportSpec:
 
 
 def find_by_nest_name(transport: Any) -> TransportSpec:
-    """The transport a NestJS dict's ``transport`` selects: a name (``"RMQ"``), an enum
-    member (``Transport.RMQ``) or its number (``5``)."""
+    """The transport a NestJS dict's ``transport`` selects: a name (NestJS's ``RMQ``), an
+    enum member (``Transport.RMQ``) or its number (``5``)."""
     name = getattr(transport, "name", transport)
     _, by_nest = _installed_index()
     spec = by_nest.get(str(name).upper())

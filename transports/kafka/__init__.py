@@ -1,6 +1,6 @@
 """Kafka transport (``kafka://host:port[,host:port...]``), wire-compatible with NestJS.
 
-PROTOCOL.md §7: the record value is the data itself (no JSON envelope); the pattern is the
+docs/PROTOCOL.md §7: the record value is the data itself (no JSON envelope); the pattern is the
 topic; correlation and status travel in the headers ``kafka_correlationId``,
 ``kafka_replyTopic``, ``kafka_replyPartition``, ``kafka_nest-err`` and
 ``kafka_nest-is-disposed``. Only string patterns that are legal topic names can be used

@@ -1,6 +1,6 @@
 """NATS transport (``nats://host:4222``, ``tls://`` for TLS), wire-compatible with NestJS.
 
-PROTOCOL.md §4: the subject is the route string; the body is the NestJS JSON envelope
+docs/PROTOCOL.md §4: the subject is the route string; the body is the NestJS JSON envelope
 (``{"pattern": raw, "data", "id"}``, events without ``id`` and without reply subject); a
 server publishes every reply packet to the request's reply subject.
 

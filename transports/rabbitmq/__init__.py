@@ -1,6 +1,6 @@
 """RabbitMQ transport (``amqp://`` / ``amqps://``), wire-compatible with NestJS ``Transport.RMQ``.
 
-PROTOCOL.md §5: one durable work queue per service carries every request and event;
+docs/PROTOCOL.md §5: one durable work queue per service carries every request and event;
 requests go to the default exchange with routing key = the queue, ``correlation_id`` = the
 request id and ``reply_to = amq.rabbitmq.reply-to`` (direct reply-to); replies come back
 without ``id`` in the body and are matched by ``correlation_id``.

@@ -1,6 +1,6 @@
 """Redis transport (``redis://[user:pass@]host:port[/db]``, ``rediss://`` for TLS).
 
-Pure pub/sub, wire-compatible with NestJS (PROTOCOL.md §3): a request is published on its
+Pure pub/sub, wire-compatible with NestJS (docs/PROTOCOL.md §3): a request is published on its
 route channel as ``{"pattern", "data", "id"}`` (an event without ``id``) and its replies
 come back on ``<channel>.reply``. Each side holds exactly two connections whatever the load:
 a subscriber and a publisher.

@@ -1,7 +1,7 @@
 """TCP transport (``tcp://host:port``, ``tcps://`` for TLS), wire-compatible with NestJS.
 
 Frames are ``<length>#<json>`` where ``length`` counts UTF-16 code units of the JSON text
-(JavaScript ``string.length``), PROTOCOL.md §2. One client connection multiplexes every
+(JavaScript ``string.length``), docs/PROTOCOL.md §2. One client connection multiplexes every
 request; replies are matched by ``id``. A corrupted frame or undecodable JSON closes only
 its connection (on the client, its pending requests fail with ``TransportError`` and the
 next call reconnects). Writes made in one event-loop iteration leave in one ``write()``
