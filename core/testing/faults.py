@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ __all__ = [
     "ensure_brokers",
     "injection_of",
     "soak",
+    "test_arbitrary_input_never_jams_a_server",
     "test_broker_restart_mid_traffic",
     "test_client_connection_cut",
     "test_expired_requests_are_skipped",
@@ -653,6 +655,95 @@ def test_poison_messages_are_dropped(faults: Faults) -> None:
             logging.getLogger("polybus").removeHandler(warnings)
 
     faults.run_faults(case)
+
+
+_RECURSION_LIMIT = sys.getrecursionlimit()
+
+
+def test_arbitrary_input_never_jams_a_server(faults: Faults) -> None:
+    """Property: whatever arrives where a server listens — any bytes, any JSON, envelopes
+    with any pattern, id and data, patterns nested up to 1,500 deep — the server keeps serving, a
+    well-formed request sent right after is answered, and no message is left unsettled
+    (with the durable options: what a server leaves unacked goes back to its queue when it
+    closes, and the queue must then be empty)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    def deep(depth: int) -> bytes:
+        """A request whose pattern is nested ``depth`` deep (written out: no encoder nests
+        that far)."""
+        pattern = b'{"cmd":' * depth + b'"x"' + b"}" * depth
+        return b'{"pattern":' + pattern + b',"data":1,"id":"deep-%d"}' % depth
+
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+        max_leaves=25,
+    )
+    envelopes = st.fixed_dictionaries(
+        {"pattern": json_values, "data": json_values},
+        optional={"id": json_values, "metadata": json_values},
+    )
+    payloads = st.one_of(
+        st.binary(max_size=300),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        envelopes.map(lambda v: json.dumps(v).encode()),
+        st.integers(0, 1500).map(deep),
+        st.sampled_from([deep(990), deep(1000), deep(1023), deep(1025)]),
+    )
+    # Records are formatted as an application's log handler formats them: a failure to
+    # format one (a %r of a 1,000-deep pattern) must not cost its message its settling.
+    formatting = logging.StreamHandler(io.StringIO())
+    logging.getLogger("polybus").addHandler(formatting)
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def start() -> ClientProxy:
+            await faults.server(**faults.features.durable_options)
+            client = faults.client()
+            assert await client.send(faults.routes.echo, "before") == "before"
+            return client
+
+        client = loop.run_until_complete(asyncio.wait_for(start(), 60))
+        counter = iter(range(1_000_000))
+
+        @hypothesis.settings(
+            max_examples=int(os.environ.get("POLYBUS_FUZZ_EXAMPLES", "40")),
+            deadline=None,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        @hypothesis.given(payload=payloads)
+        def one_message(payload: bytes) -> None:
+            token = f"after-{next(counter)}"
+
+            async def probe() -> Any:
+                await faults.inject(faults.routes.echo, [payload])
+                return await client.send(faults.routes.echo, token, timeout=10)
+
+            # hypothesis raises the recursion limit while a test runs; the server is to meet
+            # the payload under the interpreter's own limit, as it does in production
+            raised = sys.getrecursionlimit()
+            sys.setrecursionlimit(_RECURSION_LIMIT)
+            try:
+                answer = loop.run_until_complete(probe())
+            finally:
+                sys.setrecursionlimit(raised)
+            assert answer == token
+
+        one_message()
+
+        async def finish() -> int | None:
+            for app in faults._servers:
+                await app.close(grace=5)
+            return await faults.queue_depth()
+
+        depth = loop.run_until_complete(finish())
+        assert depth in (None, 0), f"{depth} messages left unsettled, back in the queue"
+    finally:
+        logging.getLogger("polybus").removeHandler(formatting)
+        loop.run_until_complete(faults.aclose())
+        loop.close()
 
 
 class _CountWarnings(logging.Handler):
