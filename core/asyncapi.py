@@ -178,6 +178,7 @@ class _Schemas:
         for index, (placeholder, annotation, mode) in enumerate(self._pending):
             try:
                 adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+                adapter.json_schema(mode=mode)  # one type without a schema must not sink all
             except (PydanticSchemaGenerationError, PydanticUserError):
                 placeholder["description"] = f"no JSON schema for {annotation!r}"
                 continue

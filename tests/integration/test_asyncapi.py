@@ -10,9 +10,12 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from polybus import Microservice
+from polybus.asyncapi import build_document
 from polybus.testing.brokers import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,3 +128,66 @@ def test_an_app_that_is_not_a_microservice_is_a_clear_error() -> None:
     )
     assert result.returncode != 0
     assert "is not a polybus.Microservice" in result.stderr
+
+
+class Opaque:
+    """A type pydantic has no schema for."""
+
+
+def odd_service() -> Microservice:
+    """Handlers of every shape a document must still describe validly."""
+    app = Microservice(name="odd")
+
+    @app.message_pattern("a/b~c")  # characters a JSON pointer must escape
+    def slashes(data):  # type: ignore[no-untyped-def]
+        return data
+
+    @app.message_pattern("a_b_c")  # sanitizes to the same id as the one above
+    def numbers() -> Iterator[int]:
+        yield from range(3)
+
+    @app.message_pattern({"cmd": "opaque", "v": 2})
+    def opaque(data: int) -> Opaque:
+        return Opaque()
+
+    @app.message_pattern("callable")
+    def callable_reply(data: int) -> Callable[[], None]:
+        return lambda: None
+
+    @app.message_pattern("both")
+    def both(data: list[int]) -> None:
+        """Answers requests; events on its route come here too."""
+
+    @app.event_pattern("both")
+    def also(data: str) -> None: ...
+
+    @app.event_pattern("twice")
+    def first(data: dict[str, int]) -> None: ...
+
+    @app.event_pattern("twice")
+    def second(data: dict[str, int]) -> None: ...
+
+    return app
+
+
+def test_handlers_of_every_shape_give_a_valid_document() -> None:
+    document = build_document(odd_service(), url="kafka://127.0.0.1:19092")
+    verdict = validate(document)
+    assert verdict["valid"], errors(verdict)
+    assert set(document["operations"]) == {
+        "message_a_b_c",
+        "message_a_b_c_2",
+        "message_cmd_opaque_v_2",
+        "message_callable",
+        "message_both",
+        "event_twice",
+    }
+    channels = document["channels"]
+    assert channels["a_b_c"]["address"] == "a/b~c"
+    assert channels["a_b_c_2.reply"]["messages"]["reply"]["payload"] == {"type": "integer"}
+    for name in ("cmd_opaque_v_2.reply", "callable.reply"):
+        payload = channels[name]["messages"]["reply"]["payload"]
+        assert payload["description"].startswith("no JSON schema for"), name
+    reply = channels["both.reply"]["messages"]["reply"]
+    assert reply["payload"] == {"type": "null"}
+    assert document["operations"]["message_both"]["summary"].startswith("Answers requests")
