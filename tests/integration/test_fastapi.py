@@ -34,11 +34,12 @@ from polybus import (
     ConnectionStatus,
     Microservice,
     RpcException,
+    TransportError,
     create_client,
 )
 from polybus.abc import SupportsCleanup
 from polybus.config import features_of
-from polybus.fastapi import client_dependency, lifespan, sse
+from polybus.fastapi import client_dependency, json_lines, lifespan, sse
 from polybus.testing.brokers import broker_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,8 +110,14 @@ async def _slow(seconds: float) -> str:
     return "late"
 
 
+@dataclass
+class Api:
+    http: httpx.AsyncClient
+    clients: ClientRegistry
+
+
 @contextlib.asynccontextmanager
-async def orders_api(transport: str, prefix: str) -> AsyncIterator[httpx.AsyncClient]:
+async def orders_api(transport: str, prefix: str) -> AsyncIterator[Api]:
     """examples/orders_http.py's app, serving billing on ``transport`` in its lifespan,
     plus routes for the cases the example has no route for."""
     url = _transport_url(transport)
@@ -139,13 +146,17 @@ async def orders_api(transport: str, prefix: str) -> AsyncIterator[httpx.AsyncCl
     async def ticks(count: int, client: Billing) -> Any:
         return await sse(client.send(pattern("ticks"), count))
 
+    @app.get("/ticks_lines/{count}")
+    async def ticks_lines(count: int, client: Billing) -> Any:
+        return await json_lines(client.send(pattern("ticks"), count))
+
     @app.get("/ticks_then_fail/{count}")
     async def ticks_then_fail(count: int, client: Billing) -> Any:
         return await sse(client.send(pattern("ticks_then_fail"), count))
 
     try:
         async with serving(app) as http:
-            yield http
+            yield Api(http, clients)
     finally:
         if isinstance(service.transport, SupportsCleanup):
             await service.transport.delete_resources()
@@ -165,8 +176,8 @@ def sse_frames(text: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_charge_returns_the_paid_invoice(transport: str, prefix: str) -> None:
-    async with orders_api(transport, prefix) as http:
-        response = await http.post("/orders/charge", json={"orderId": "ord_42", "amount": 1999})
+    async with orders_api(transport, prefix) as api:
+        response = await api.http.post("/orders/charge", json={"orderId": "ord_42", "amount": 1999})
     assert response.status_code == 200, response.text
     invoice = response.json()
     assert invoice["id"].startswith("inv_")
@@ -175,8 +186,8 @@ async def test_charge_returns_the_paid_invoice(transport: str, prefix: str) -> N
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_reply_too_late_is_a_504(transport: str, prefix: str) -> None:
-    async with orders_api(transport, prefix) as http:
-        response = await http.get("/slow")
+    async with orders_api(transport, prefix) as api:
+        response = await api.http.get("/slow")
     assert response.status_code == 504
     assert response.json() == {
         "statusCode": 504,
@@ -187,9 +198,9 @@ async def test_a_reply_too_late_is_a_504(transport: str, prefix: str) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_an_rpc_exception_answers_with_its_status(transport: str, prefix: str) -> None:
-    async with orders_api(transport, prefix) as http:
-        missing = await http.get("/orders/ord_7")
-        refused = await http.post("/orders/charge", json={"orderId": "ord_42", "amount": 0})
+    async with orders_api(transport, prefix) as api:
+        missing = await api.http.get("/orders/ord_7")
+        refused = await api.http.post("/orders/charge", json={"orderId": "ord_42", "amount": 0})
     assert missing.status_code == 404
     assert missing.json() == {
         "statusCode": 404,
@@ -205,8 +216,8 @@ async def test_an_rpc_exception_answers_with_its_status(transport: str, prefix: 
 async def test_a_streamed_reply_arrives_as_server_sent_events_in_order(
     transport: str, prefix: str
 ) -> None:
-    async with orders_api(transport, prefix) as http:
-        response = await http.get("/ticks/50")
+    async with orders_api(transport, prefix) as api:
+        response = await api.http.get("/ticks/50")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     frames = sse_frames(response.text)
@@ -219,8 +230,8 @@ async def test_a_streamed_reply_arrives_as_server_sent_events_in_order(
 async def test_an_error_after_the_first_item_ends_the_stream_with_an_error_event(
     prefix: str,
 ) -> None:
-    async with orders_api("tcp", prefix) as http:
-        response = await http.get("/ticks_then_fail/3")
+    async with orders_api("tcp", prefix) as api:
+        response = await api.http.get("/ticks_then_fail/3")
     assert response.status_code == 200
     frames = sse_frames(response.text)
     # The values before the error, in order, then the error as the last frame. (The server
@@ -381,3 +392,48 @@ def test_uvicorn_serves_the_example_as_the_readme_says() -> None:
     # uvicorn re-raises the SIGTERM it handled once its shutdown is complete.
     assert [process.returncode for process in processes] == [0, -signal.SIGTERM], errors
     assert "Application shutdown complete" in errors[0]
+
+
+async def test_a_streamed_reply_arrives_as_json_lines(prefix: str) -> None:
+    async with orders_api("tcp", prefix) as api:
+        response = await api.http.get("/ticks_lines/20")
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(line) for line in response.text.splitlines()] == list(range(1, 21))
+
+
+async def test_a_client_that_leaves_mid_stream_ends_the_call(prefix: str) -> None:
+    async with orders_api("tcp", prefix) as api:
+        billing_client = api.clients.get("BILLING")
+        async with api.http.stream("GET", "/ticks/100000") as response:
+            lines = response.aiter_lines()
+            assert await anext(lines) == "data: 1"
+        # The request's entry is removed once the HTTP response is dropped.
+        for _ in range(200):
+            if billing_client.pending_count == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert billing_client.pending_count == 0
+
+
+async def test_a_failed_startup_stops_what_it_started() -> None:
+    port = harness.free_tcp_port()
+    service = Microservice(f"tcp://127.0.0.1:{port}", name="billing")
+    service.message_pattern({"cmd": "charge"})(billing.charge)
+    clients = ClientRegistry()
+    clients.register("BILLING", f"tcp://127.0.0.1:{harness.free_tcp_port()}")  # nobody there
+    with pytest.raises(TransportError):
+        async with lifespan(clients, serve=[service])(FastAPI()):
+            raise AssertionError("started without its client")
+    with pytest.raises(OSError):  # the service stopped listening
+        socket.create_connection(("127.0.0.1", port), 1).close()
+
+
+async def test_a_stream_failing_before_its_first_value_answers_with_the_error_status(
+    prefix: str,
+) -> None:
+    async with orders_api("tcp", prefix) as api:
+        failed = await api.http.get("/ticks_then_fail/0")
+        empty = await api.http.get("/ticks/0")
+    assert failed.status_code == 409
+    assert failed.json()["error"] == {"status": 409, "message": "ran out of ticks"}
+    assert empty.status_code == 200 and sse_frames(empty.text) == [("end", "null")]
