@@ -126,6 +126,7 @@ async def orders_api(transport: str, prefix: str) -> AsyncIterator[Api]:
     pattern = Patterns(prefix, features.object_patterns)
     service = Microservice(url, name="billing", grace=1.0, **isolation)
     service.message_pattern(pattern("charge"))(billing.charge)
+    service.event_pattern("order_placed")(billing.order_placed)  # the example emits it
     service.message_pattern(pattern("missing"))(_missing)
     service.message_pattern(pattern("slow"))(_slow)
     service.message_pattern(pattern("ticks"))(_ticks)
