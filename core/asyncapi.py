@@ -40,6 +40,7 @@ _STREAMS = {
     collections.abc.Iterable,
     collections.abc.Generator,
 }
+_MESSAGE_NAMES = {"message": "request", "event": "event"}
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -55,34 +56,36 @@ def build_document(
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     ids: set[str] = set()
-    for route, handlers in _routes(app.handlers):
-        handler = handlers[0]
-        message = "request" if handler.kind == "message" else "event"
+    for route, kinds in _routes(app.handlers).items():
         channel_id = _unique(_UNSAFE_ID.sub("_", route).strip("_") or "route", ids)
-        payload = next((h.payload_type for h in handlers if h.payload_type is not None), None)
-        channels[channel_id] = {
+        channel: dict[str, Any] = {
             "address": None if "{" in route else route,
             "title": route,
-            "messages": {message: {"payload": schemas.add(payload, "validation")}},
-            "x-polybus-pattern": handler.pattern,
+            "messages": {},
+            "x-polybus-pattern": next(iter(kinds.values()))[0].pattern,
         }
-        operation: dict[str, Any] = {
-            "action": "receive",
-            "channel": _ref("channels", channel_id),
-            "messages": [_ref("channels", channel_id, "messages", message)],
-        }
-        summary = _summary(handlers)
-        if summary:
-            operation["summary"] = summary
-        if handler.kind == "message":
-            reply_id = _unique(f"{channel_id}.reply", ids)
-            reply = schemas.add(_reply_type(handler), "serialization")
-            channels[reply_id] = {"address": None, "messages": {"reply": {"payload": reply}}}
-            operation["reply"] = {
-                "channel": _ref("channels", reply_id),
-                "messages": [_ref("channels", reply_id, "messages", "reply")],
+        channels[channel_id] = channel
+        for kind, handlers in kinds.items():
+            message = _MESSAGE_NAMES[kind]
+            payload = next((h.payload_type for h in handlers if h.payload_type is not None), None)
+            channel["messages"][message] = {"payload": schemas.add(payload, "validation")}
+            operation: dict[str, Any] = {
+                "action": "receive",
+                "channel": _ref("channels", channel_id),
+                "messages": [_ref("channels", channel_id, "messages", message)],
             }
-        operations[f"{handler.kind}_{channel_id}"] = operation
+            summary = _summary(handlers)
+            if summary:
+                operation["summary"] = summary
+            if kind == "message":
+                reply_id = _unique(f"{channel_id}.reply", ids)
+                reply = schemas.add(_reply_type(handlers[0]), "serialization")
+                channels[reply_id] = {"address": None, "messages": {"reply": {"payload": reply}}}
+                operation["reply"] = {
+                    "channel": _ref("channels", reply_id),
+                    "messages": [_ref("channels", reply_id, "messages", "reply")],
+                }
+            operations[f"{kind}_{channel_id}"] = operation
     document: dict[str, Any] = {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {"title": title or app.name or "polybus service", "version": version},
@@ -110,17 +113,12 @@ def server_of(url: str) -> dict[str, Any]:
     return server
 
 
-def _routes(handlers: Iterable[Handler]) -> list[tuple[str, list[Handler]]]:
-    """Handlers by route; a route with a message handler is described by it alone (its
-    events are dispatched to that handler too)."""
-    by_route: dict[str, list[Handler]] = {}
+def _routes(handlers: Iterable[Handler]) -> dict[str, dict[str, list[Handler]]]:
+    """Handlers by route, then by kind (``"message"``: the one handler; ``"event"``: all)."""
+    by_route: dict[str, dict[str, list[Handler]]] = {}
     for handler in handlers:
-        current = by_route.setdefault(handler.route, [])
-        if handler.kind == "message":
-            current[:] = [handler]
-        elif not current or current[0].kind == "event":
-            current.append(handler)
-    return list(by_route.items())
+        by_route.setdefault(handler.route, {}).setdefault(handler.kind, []).append(handler)
+    return by_route
 
 
 def _unique(candidate: str, taken: set[str]) -> str:

@@ -156,7 +156,7 @@ def odd_service() -> Microservice:
 
     @app.message_pattern("both")
     def both(data: list[int]) -> None:
-        """Answers requests; events on its route come here too."""
+        """Answers requests on a route that also carries events."""
 
     @app.event_pattern("both")
     def also(data: str) -> None: ...
@@ -180,6 +180,7 @@ def test_handlers_of_every_shape_give_a_valid_document() -> None:
         "message_cmd_opaque_v_2",
         "message_callable",
         "message_both",
+        "event_both",
         "event_twice",
     }
     channels = document["channels"]
@@ -191,3 +192,6 @@ def test_handlers_of_every_shape_give_a_valid_document() -> None:
     reply = channels["both.reply"]["messages"]["reply"]
     assert reply["payload"] == {"type": "null"}
     assert document["operations"]["message_both"]["summary"].startswith("Answers requests")
+    both = channels["both"]["messages"]
+    assert both["request"]["payload"] == {"items": {"type": "integer"}, "type": "array"}
+    assert both["event"]["payload"] == {"type": "string"}
