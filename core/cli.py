@@ -1,4 +1,4 @@
-"""The ``polybus`` command: ``demo``, ``run`` and ``conformance``."""
+"""The ``polybus`` command: ``demo``, ``run``, ``asyncapi`` and ``conformance``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
 from .config import ENV_URL, redact_url
 from .errors import PolybusError
+
+if TYPE_CHECKING:
+    from .server import Microservice
 
 __all__ = ["main"]
 
@@ -79,6 +82,37 @@ def run(app_path: str, url: str | None) -> None:
         asyncio.run(app.run())
     except PolybusError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _load_microservice(app_path: str) -> Microservice:
+    """The ``Microservice`` named by ``module:attr`` (``attr`` defaults to ``app``)."""
+    from .server import Microservice
+
+    module_name, _, attr = app_path.partition(":")
+    sys.path.insert(0, os.getcwd())
+    try:
+        app = getattr(importlib.import_module(module_name), attr or "app")
+    except (ImportError, AttributeError) as exc:
+        raise click.ClickException(f"cannot load {app_path}: {exc}") from exc
+    if not isinstance(app, Microservice):
+        raise click.ClickException(f"{app_path} is not a polybus.Microservice")
+    return app
+
+
+@main.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option("--url", default=None, help=f"Transport URL of the server (default: ${ENV_URL}).")
+@click.option("--title", default=None, help="Document title (default: the service's name).")
+@click.option("--version", "doc_version", default="1.0.0", show_default=True)
+def asyncapi(app_path: str, url: str | None, title: str | None, doc_version: str) -> None:
+    """Print the AsyncAPI 3.0 document (JSON) of the Microservice MODULE:APP."""
+    from .asyncapi import build_document
+
+    app = _load_microservice(app_path)
+    document = build_document(
+        app, url=url or os.environ.get(ENV_URL), title=title, version=doc_version
+    )
+    click.echo(orjson.dumps(document, default=str, option=orjson.OPT_INDENT_2).decode())
 
 
 class _Collector:

@@ -83,6 +83,7 @@ class Handler:
         "pass_context",
         "pass_data",
         "pattern",
+        "payload_type",
         "policy",
         "route",
         "validate",
@@ -105,7 +106,9 @@ class Handler:
         self.is_coroutine = inspect.iscoroutinefunction(fn)
         self.is_asyncgen = inspect.isasyncgenfunction(fn)
         self.is_generator = inspect.isgeneratorfunction(fn)
-        self.pass_data, self.pass_context, self.validate = _call_shape(fn)
+        self.pass_data, self.pass_context, self.payload_type = _call_shape(fn)
+        """``payload_type``: the data parameter's annotation, None when it takes anything."""
+        self.validate = None if self.payload_type is None else _validator(self.payload_type)
 
     def call(self, data: Any, context: Context) -> Any:
         """Call the handler; returns its raw result (value, coroutine or generator)."""
@@ -127,8 +130,9 @@ class Handler:
         return f"<Handler {self.kind} {self.route!r} -> {self.name}>"
 
 
-def _call_shape(fn: Callable[..., Any]) -> tuple[bool, str | None, Callable[[Any], Any] | None]:
-    """(takes data?, how to pass the context: None / "" positional / keyword name, validator)."""
+def _call_shape(fn: Callable[..., Any]) -> tuple[bool, str | None, Any]:
+    """(takes data?, how to pass the context: None / "" positional / keyword name,
+    the data annotation to validate against or None)."""
     try:
         signature = inspect.signature(fn)
         hints = typing.get_type_hints(fn)
@@ -153,12 +157,12 @@ def _call_shape(fn: Callable[..., Any]) -> tuple[bool, str | None, Callable[[Any
             data_param = param
         elif param.default is inspect.Parameter.empty:
             raise ConfigError(f"handler {fn!r}: parameter {param.name!r} cannot be filled")
-    validator = None
+    payload_type = None
     if data_param is not None:
         annotation = hints.get(data_param.name, inspect.Parameter.empty)
         if annotation not in _NO_VALIDATION:
-            validator = _validator(annotation)
-    return data_param is not None, context, validator
+            payload_type = annotation
+    return data_param is not None, context, payload_type
 
 
 def _validator(annotation: Any) -> Callable[[Any], Any]:
