@@ -22,6 +22,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from .abc import ClientTransport, Features, ServerTransport
 from .errors import ConfigError, ProtocolError
+from .secrets import quote_userinfo, split_userinfo
 from .serializers import Serializer, resolve_serializer
 
 __all__ = [
@@ -295,17 +296,21 @@ def url_credentials(parts: SplitResult) -> tuple[str | None, str | None]:
     return user, password
 
 
+_SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:pass|secret|token)[^=&#]*=)[^&]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs, reprs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    """The URL with any password replaced by ``***`` (for logs, reprs and errors).
+
+    The credentials are found as :func:`polybus.secrets.split_userinfo` finds them, so a
+    password holding unencoded ``/ ? # @ :`` is hidden whole; a user without a password
+    (a NATS token) is hidden too, and so are query options named like a secret."""
+    head, userinfo, rest = split_userinfo(url)
+    rest = _SECRET_QUERY.sub(r"\1***", rest)
+    if userinfo is None:
+        return head + rest
+    user, colon, _ = userinfo.partition(":")
+    return f"{head}{user}:***@{rest}" if colon else f"{head}***@{rest}"
 
 
 def register_transport(scheme: str, module: str) -> None:
@@ -349,7 +354,7 @@ def resolve_target(
         if not scheme:
             raise ConfigError(f"{redact_url(target)!r} is not a URL (expected scheme://...)")
         plugin = _plugin(scheme)
-        return plugin, plugin.options.from_url(target).with_overrides(overrides)
+        return plugin, plugin.options.from_url(quote_userinfo(target)).with_overrides(overrides)
     if isinstance(target, Mapping):
         return _from_dict(target, overrides)
     raise ConfigError(f"cannot configure a transport from {type(target).__name__}")
@@ -372,7 +377,9 @@ def _from_dict(
     plugin = _plugin(scheme)
     options = dict(config.get("options") or {})
     url = config.get("url") or options.pop("url", None)
-    base = plugin.options.from_url(url) if url else plugin.options.from_nest(options)
+    base = (
+        plugin.options.from_url(quote_userinfo(url)) if url else plugin.options.from_nest(options)
+    )
     if url:
         base = base.with_overrides(options)
     return plugin, base.with_overrides(overrides)
