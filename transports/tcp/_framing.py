@@ -100,8 +100,18 @@ class FrameDecoder:
                         f"frame of {units} characters exceeds the maximum of {self._max_units}"
                     )
                 start = hash_at + 1
+                body_end = start + units
+                if body_end <= end:  # the common case: a whole ASCII body, looked at once
+                    chunk = data[start:body_end]
+                    self.examined += units
+                    if chunk.isascii():
+                        frames.append(chunk)
+                        pos = body_end
+                        continue
+                    self._counter = _UnitCounter(units)
+                else:
+                    self._counter = None
                 self._units = units
-                self._counter = None
                 body_end = self._body_end(data, start)
                 if body_end is None:
                     self._body = start - pos
