@@ -100,13 +100,12 @@ class FrameDecoder:
                         f"frame of {units} characters exceeds the maximum of {self._max_units}"
                     )
                 start = hash_at + 1
-                body_end = start + units
-                if body_end <= end:  # the common case: a whole ASCII body, looked at once
-                    chunk = data[start:body_end]
+                if start + units <= end:  # the common case: a whole ASCII body, looked at once
+                    chunk = data[start : start + units]
                     self.examined += units
                     if chunk.isascii():
                         frames.append(chunk)
-                        pos = body_end
+                        pos = start + units
                         continue
                     self._counter = _UnitCounter(units)
                 else:
