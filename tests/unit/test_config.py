@@ -28,6 +28,9 @@ from polybus.config import (
     resolve_target,
 )
 from polybus.serializers import JsonSerializer, MsgpackSerializer, resolve_serializer
+from polybus.transports.kafka import KafkaOptions
+from polybus.transports.nats import NatsOptions
+from polybus.transports.redis import RedisOptions
 from polybus.transports.tcp import TcpOptions
 
 
@@ -104,6 +107,25 @@ def test_redact_url_finds_the_whole_password() -> None:
         redact_url("kafka://h:1?username=u&password=p/q") == "kafka://h:1?username=u&password=***"
     )
     assert redact_url("redis://h:6379/0?client_name=x") == "redis://h:6379/0?client_name=x"
+
+
+def test_an_unencoded_password_reaches_the_transport_whole() -> None:
+    password = "a/b?c#d@e:f é"
+    _, redis = resolve_target(f"redis://alice:{password}@127.0.0.1:6380/2", {})
+    assert isinstance(redis, RedisOptions)
+    assert (redis.username, redis.password, redis.host, redis.port, redis.db) == (
+        ("alice", password, "127.0.0.1", 6380, 2)
+    )
+    _, nats = resolve_target(f"nats://alice:{password}@127.0.0.1:4223", {})
+    assert isinstance(nats, NatsOptions)
+    assert (nats.user, nats.password, nats.servers) == (
+        "alice",
+        password,
+        ["nats://127.0.0.1:4223"],
+    )
+    _, kafka = resolve_target(f"kafka://alice:{password}@127.0.0.1:19093", {})
+    assert isinstance(kafka, KafkaOptions)
+    assert (kafka.sasl_plain_password, kafka.brokers) == (password, ["127.0.0.1:19093"])
 
 
 SCHEMES_WITH_CREDENTIALS = ("redis", "rediss", "amqp", "amqps", "nats", "tls", "kafka")
