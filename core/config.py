@@ -277,7 +277,7 @@ def tls_client_context(
 def split_url(url: str, schemes: tuple[str, ...]) -> SplitResult:
     """``urlsplit`` with a check of the scheme and the port, raising ``ConfigError``."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(quote_userinfo(url))
         parts.port  # noqa: B018 - validates the port
     except ValueError as exc:
         raise ConfigError(f"invalid URL {redact_url(url)!r}: {exc}") from None
