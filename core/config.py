@@ -21,6 +21,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 from .abc import ClientTransport, Features, ServerTransport
 from .errors import ConfigError, ProtocolError
 from .plugins import TransportPlugin, find_by_nest_name, find_by_scheme
+from .secrets import quote_userinfo, split_userinfo
 from .serializers import Serializer, resolve_serializer
 
 __all__ = [
@@ -236,7 +237,7 @@ def tls_client_context(
 def split_url(url: str, schemes: tuple[str, ...]) -> SplitResult:
     """``urlsplit`` with a check of the scheme and the port, raising ``ConfigError``."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(quote_userinfo(url))
         parts.port  # noqa: B018 - validates the port
     except ValueError as exc:
         raise ConfigError(f"invalid URL {redact_url(url)!r}: {exc}") from None
@@ -255,17 +256,21 @@ def url_credentials(parts: SplitResult) -> tuple[str | None, str | None]:
     return user, password
 
 
+_SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:pass|secret|token)[^=&#]*=)[^&]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs, reprs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    """The URL with any password replaced by ``***`` (for logs, reprs and errors).
+
+    The credentials are found as :func:`polybus.secrets.split_userinfo` finds them, so a
+    password holding unencoded ``/ ? # @ :`` is hidden whole; a user without a password
+    (a NATS token) is hidden too, and so are query options named like a secret."""
+    head, userinfo, rest = split_userinfo(url)
+    rest = _SECRET_QUERY.sub(r"\1***", rest)
+    if userinfo is None:
+        return head + rest
+    user, colon, _ = userinfo.partition(":")
+    return f"{head}{user}:***@{rest}" if colon else f"{head}***@{rest}"
 
 
 def resolve_target(
@@ -281,7 +286,7 @@ def resolve_target(
         if not scheme:
             raise ConfigError(f"{redact_url(target)!r} is not a URL (expected scheme://...)")
         plugin = find_by_scheme(scheme).load()
-        return plugin, plugin.options.from_url(target).with_overrides(overrides)
+        return plugin, plugin.options.from_url(quote_userinfo(target)).with_overrides(overrides)
     if isinstance(target, Mapping):
         return _from_dict(target, overrides)
     raise ConfigError(f"cannot configure a transport from {type(target).__name__}")
@@ -296,7 +301,9 @@ def _from_dict(
     plugin = find_by_nest_name(config.get("transport", "TCP")).load()
     options = dict(config.get("options") or {})
     url = config.get("url") or options.pop("url", None)
-    base = plugin.options.from_url(url) if url else plugin.options.from_nest(options)
+    base = (
+        plugin.options.from_url(quote_userinfo(url)) if url else plugin.options.from_nest(options)
+    )
     if url:
         base = base.with_overrides(options)
     return plugin, base.with_overrides(overrides)

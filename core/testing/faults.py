@@ -666,8 +666,9 @@ def test_arbitrary_input_never_jams_a_server(faults: Faults) -> None:
     well-formed request sent right after is answered, and no message is left unsettled
     (with the durable options: what a server leaves unacked goes back to its queue when it
     closes, and the queue must then be empty)."""
-    hypothesis = pytest.importorskip("hypothesis")
-    st = hypothesis.strategies
+    pytest.importorskip("hypothesis")
+    import hypothesis
+    from hypothesis import strategies as st
 
     def deep(depth: int) -> bytes:
         """A request whose pattern is nested ``depth`` deep (written out: no encoder nests

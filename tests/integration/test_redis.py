@@ -277,10 +277,10 @@ async def test_server_replies_on_the_request_channel_dot_reply(
         assert reply["channel"] == f"{route}.reply".encode()
         assert orjson.loads(reply["data"]) == {"response": 3, "isDisposed": True, "id": "abc"}
 
-        # A stream item per packet, completion merged into the last one.
+        # A handler's None crosses as null, as a NestJS handler's null does.
         await raw.publish(f"{prefix}echo", orjson.dumps({"pattern": "x", "data": None, "id": 7}))
         reply = await next_message(pubsub)
-        assert orjson.loads(reply["data"]) == {"isDisposed": True, "id": 7}
+        assert orjson.loads(reply["data"]) == {"response": None, "isDisposed": True, "id": 7}
     await pubsub.aclose()
 
 
@@ -441,6 +441,38 @@ async def test_max_message_bytes(url: str, prefix: str, raw: Any) -> None:
         assert got == ["small"]
 
 
+async def test_default_limit_stays_below_the_brokers(url: str, prefix: str) -> None:
+    """Redis drops a subscriber whose output buffer passes 32 MiB (the pub/sub default), and
+    with it the requests in flight: the default refuses such messages before publishing."""
+    limit = RedisOptions().max_message_bytes
+    assert limit <= 8 * 1024 * 1024  # Redis's pub/sub soft limit; the hard one is 32 MiB
+    seen: list[int] = []
+    app = Microservice(url, max_message_bytes=64 * 1024 * 1024)  # would take anything
+
+    @app.message_pattern(f"{prefix}len")
+    def length(data: str) -> int:
+        seen.append(len(data))
+        return len(data)
+
+    async with app, create_client(url, timeout=10) as client:
+        route = f"{prefix}len"
+        big = asyncio.ensure_future(client.send(route, "x" * (33 * 1024 * 1024)))
+        good = asyncio.ensure_future(client.send(route, "small"))
+        with pytest.raises(ProtocolError, match="max_message_bytes"):
+            await big
+        assert await good == 5
+        assert client.pending_count == 0
+
+        with pytest.raises(ProtocolError) as info:  # learn the envelope's size around data
+            await client.send(route, "x" * limit, timeout=None)
+        overhead = int(str(info.value).split(" bytes")[0].rsplit(" ", 1)[1]) - limit
+        at_limit = "x" * (limit - overhead)  # a body of exactly max_message_bytes
+        assert await client.send(route, at_limit, timeout=None) == len(at_limit)
+        with pytest.raises(ProtocolError):
+            await client.send(route, at_limit + "x", timeout=None)
+    assert seen == [5, len(at_limit)]
+
+
 async def test_large_payload_with_astral_characters(url: str, prefix: str) -> None:
     payload = {"text": "é😀𝄞日本" * (1024 * 1024 // 14), "n": list(range(1000))}
     async with echo_app(url, prefix), create_client(url, timeout=30) as client:
@@ -547,8 +579,11 @@ async def test_reconnect_fails_pending_and_restores_subscriptions() -> None:
             await wait_until(lambda: ConnectionStatus.RECONNECTING in statuses)
             assert statuses[0] is ConnectionStatus.DISCONNECTED
 
-            with pytest.raises(TransportError):  # down: waits for the link, then gives up
+            # down: the call waits for the link, but never beyond its own timeout
+            started = time.monotonic()
+            with pytest.raises((TransportError, RequestTimeout)):
                 await client.send("rc.echo", 2, timeout=0.3)
+            assert time.monotonic() - started < 0.3 + 0.5
 
             server.start()
             await wait_until(lambda: statuses[-1] is ConnectionStatus.CONNECTED, timeout=15)

@@ -8,17 +8,25 @@ import importlib
 import logging
 import socket
 import ssl
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import trustme
 
 from polybus import Microservice, create_client
-from polybus.errors import ConfigError, PolybusError, ProtocolError, TransportError
+from polybus.errors import (
+    ConfigError,
+    PolybusError,
+    ProtocolError,
+    RequestTimeout,
+    TransportError,
+)
 from polybus.serializers import resolve_serializer
 from polybus.testing.app import COUNTS, RECEIVED
 from polybus.testing.brokers import broker_url, require
@@ -312,3 +320,107 @@ async def test_tcp_client_refuses_an_oversized_reply() -> None:
     finally:
         await client.close()
         await app.close()
+
+
+# -- aiokafka's DEBUG log and SASL PLAIN (issue 12, item 8) --------------------------------
+
+SASL_PASSWORD = "p@ss/w?rd#:é%41-s3cr3t"
+
+
+class SaslBroker:
+    """Just enough of a Kafka broker for aiokafka to send its SASL PLAIN credentials:
+    ApiVersions, SaslHandshake v1 (PLAIN), then a SaslAuthenticate it refuses."""
+
+    def __init__(self) -> None:
+        self.auth_requests = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from aiokafka.protocol import admin  # type: ignore[import-untyped]
+
+        try:
+            while True:
+                size = int.from_bytes(await reader.readexactly(4), "big")
+                request = await reader.readexactly(size)
+                api_key = int.from_bytes(request[0:2], "big")
+                version = int.from_bytes(request[2:4], "big")
+                if api_key == 18:
+                    versions = [(18, 0, 1), (17, 0, 1), (36, 0, 1)]
+                    response = (
+                        admin.ApiVersionResponse_v1(0, versions, 0)
+                        if version
+                        else admin.ApiVersionResponse_v0(0, versions)
+                    )
+                elif api_key == 17:
+                    response = admin.SaslHandShakeResponse_v1(0, ["PLAIN"])
+                elif api_key == 36:
+                    self.auth_requests += 1
+                    response = admin.SaslAuthenticateResponse_v1(58, "refused", b"", 0)
+                else:
+                    break
+                body = request[4:8] + response.encode()  # the correlation id, then the body
+                writer.write(len(body).to_bytes(4, "big") + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_aiokafka_debug_log_never_shows_the_sasl_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _adapter("kafka")
+    broker = SaslBroker()
+    await broker.start()
+    caplog.set_level(logging.DEBUG)
+    url = f"kafka://alice:{quote(SASL_PASSWORD, safe='')}@127.0.0.1:{broker.port}"
+    client = create_client(url, timeout=3)
+    try:
+        with pytest.raises((TransportError, RequestTimeout)):
+            await asyncio.wait_for(client.send("echo", 1), 20)
+    finally:
+        await client.close()
+        await broker.close()
+    assert broker.auth_requests > 0, "aiokafka never sent its credentials: nothing was tested"
+    logged = [r for r in caplog.records if "SaslAuthenticateRequest" in r.getMessage()]
+    assert logged, "aiokafka no longer logs its SASL requests: nothing was tested"
+    shown = [SASL_PASSWORD, repr(SASL_PASSWORD.encode())[2:-1], quote(SASL_PASSWORD, safe="")]
+    for record in caplog.records:
+        for form in shown:
+            assert form not in record.getMessage(), f"{record.name}: {record.getMessage()}"
+
+
+def test_cli_serving_line_never_shows_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from polybus.cli import main
+
+    (tmp_path / "secret_app.py").write_text(
+        "from polybus import Microservice\n"
+        "from polybus.errors import TransportError\n\n\n"
+        "class Stopped(Microservice):\n"
+        "    async def run(self) -> None:\n"
+        "        raise TransportError('not serving in this test')\n\n\n"
+        "app = Stopped()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POLYBUS_URL", "memory://unused")
+    for password in ("Zq1/Zq2?Zq3#Zq4@Zq5:Zq6", "Zq1ä-🔑Zq2", "Zq1%25Zq2/Zq3"):  # Zq: a part
+        url = f"redis://alice:{password}@127.0.0.1:1/0"
+        monkeypatch.delitem(sys.modules, "secret_app", raising=False)
+        result = CliRunner().invoke(main, ["run", "secret_app:app", "--url", url])
+        assert "serving secret_app:app on redis://alice:***@127.0.0.1:1/0" in result.output
+        assert "Zq" not in result.output, result.output

@@ -16,7 +16,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -211,10 +211,11 @@ def test_half_a_frame_then_eof_is_dropped(threaded_server: ThreadedServer) -> No
 
 
 class FakeServer:
-    """A raw TCP server: answers each request frame with ``reply(request)`` bytes."""
+    """A raw TCP server: answers each request frame with the next of ``replies`` (bytes with
+    ``$ID`` for the request's id, or a function of the id), then with ``"ok"``."""
 
     def __init__(self) -> None:
-        self.replies: list[bytes] = []
+        self.replies: list[bytes | Callable[[str], bytes]] = []
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -229,7 +230,11 @@ class FakeServer:
                 for body in decoder.feed(chunk):
                     packet = orjson.loads(body)
                     if self.replies:
-                        writer.write(self.replies.pop(0).replace(b"$ID", packet["id"].encode()))
+                        reply = self.replies.pop(0)
+                        rid = packet["id"]
+                        writer.write(
+                            reply(rid) if callable(reply) else reply.replace(b"$ID", rid.encode())
+                        )
                     else:
                         ok = {"response": "ok", "isDisposed": True, "id": packet["id"]}
                         writer.write(frame(orjson.dumps(ok)))
@@ -486,3 +491,62 @@ async def test_soak_across_a_server_restart() -> None:
     assert stats.late == 0, summary
     assert stats.outcomes.get("ok", 0) > 200, summary
     assert stats.pending_after == 0, summary
+
+
+# -- a corrupt frame in the same read as valid ones (issue 12, item 3) ----------------------
+
+
+def _replies_until_closed(sock: socket.socket) -> list[Any]:
+    decoder = FrameDecoder(1 << 20)
+    replies: list[Any] = []
+    sock.settimeout(5)
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            replies += [orjson.loads(body) for body in decoder.feed(chunk)]
+    return replies
+
+
+CORRUPT_TAILS = {
+    "corrupt-prefix": b"zz#{}",
+    "over-limit": b"99999999#",
+    "invalid-json": b"12#not json at all",
+    "wrong-shape": frame(b"[1,2,3]"),
+}
+
+
+@pytest.mark.parametrize("tail", list(CORRUPT_TAILS))
+def test_requests_before_a_corrupt_frame_in_one_write_are_answered(
+    threaded_server: ThreadedServer, tail: str
+) -> None:
+    requests = b"".join(
+        frame(orjson.dumps({"pattern": "echo", "data": i, "id": str(i)})) for i in range(20)
+    )
+    with socket.create_connection(("127.0.0.1", threaded_server.port), timeout=5) as sock:
+        sock.sendall(requests + CORRUPT_TAILS[tail] + requests)  # nothing after it is read
+        replies = _replies_until_closed(sock)  # returns once the server has closed
+    assert sorted(r["response"] for r in replies) == list(range(20))
+    assert all(r["id"] == str(r["response"]) for r in replies)
+    assert _request(threaded_server.port, "echo", "still serving")["response"] == "still serving"
+
+
+async def test_client_takes_replies_before_a_corrupt_frame_then_fails_the_rest() -> None:
+    fake = FakeServer()
+    await fake.start()
+    fake.replies.append(  # one write: a good reply, then garbage
+        lambda rid: (
+            frame(orjson.dumps({"id": rid, "response": "first", "isDisposed": True})) + b"zz#{}"
+        )
+    )
+    client = create_client(f"tcp://127.0.0.1:{fake.port}", timeout=10)
+    try:
+        first = asyncio.ensure_future(client.send("echo", 1))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(client.send("echo", 2))
+        results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 3)
+        assert results[0] == "first"
+        assert isinstance(results[1], TransportError)
+        assert client.pending_count == 0
+        assert await client.send("echo", 3) == "ok"  # reconnected by itself
+    finally:
+        await client.close()
+        await fake.close()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sys
+import traceback
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from polybus import (
     ClientProxy,
@@ -17,8 +21,16 @@ from polybus import (
     create_client,
     redact_url,
 )
-from polybus.config import features_of, resolve_target
+from polybus.config import (
+    create_client_transport,
+    create_server_transport,
+    features_of,
+    resolve_target,
+)
 from polybus.serializers import JsonSerializer, MsgpackSerializer, resolve_serializer
+from polybus.transports.kafka import KafkaOptions
+from polybus.transports.nats import NatsOptions
+from polybus.transports.redis import RedisOptions
 from polybus.transports.tcp import TcpOptions
 
 
@@ -86,6 +98,86 @@ def test_redact_url_hides_passwords() -> None:
     with pytest.raises(ConfigError) as info:
         resolve_target("tcp://user:s3cr3t@h:99999", {})
     assert "s3cr3t" not in str(info.value)
+
+
+def test_redact_url_finds_the_whole_password() -> None:
+    assert redact_url("redis://u:a/b?c#d@e@h:1/0") == "redis://u:***@h:1/0"
+    assert redact_url("nats://t/o?k#en@h:4222") == "nats://***@h:4222"
+    assert (
+        redact_url("kafka://h:1?username=u&password=p/q") == "kafka://h:1?username=u&password=***"
+    )
+    assert redact_url("redis://h:6379/0?client_name=x") == "redis://h:6379/0?client_name=x"
+
+
+def test_an_unencoded_password_reaches_the_transport_whole() -> None:
+    password = "a/b?c#d@e:f é"
+    _, redis = resolve_target(f"redis://alice:{password}@127.0.0.1:6380/2", {})
+    assert isinstance(redis, RedisOptions)
+    assert (redis.username, redis.password, redis.host, redis.port, redis.db) == (
+        ("alice", password, "127.0.0.1", 6380, 2)
+    )
+    _, nats = resolve_target(f"nats://alice:{password}@127.0.0.1:4223", {})
+    assert isinstance(nats, NatsOptions)
+    assert (nats.user, nats.password, nats.servers) == (
+        "alice",
+        password,
+        ["nats://127.0.0.1:4223"],
+    )
+    _, kafka = resolve_target(f"kafka://alice:{password}@127.0.0.1:19093", {})
+    assert isinstance(kafka, KafkaOptions)
+    assert (kafka.sasl_plain_password, kafka.brokers) == (password, ["127.0.0.1:19093"])
+
+
+SCHEMES_WITH_CREDENTIALS = ("redis", "rediss", "amqp", "amqps", "nats", "tls", "kafka")
+_markers = st.integers(0, 16**8 - 1).map(lambda n: f"pw{n:08x}")
+_noise = st.one_of(st.text(max_size=6), st.text(alphabet="/?#@:%&=[] \\'\"+;", max_size=4))
+
+
+@st.composite
+def _passwords(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A password of arbitrary text around two markers; a leak of any part shows a marker."""
+    markers = [draw(_markers), draw(_markers)]
+    text = draw(_noise) + markers[0] + draw(_noise) + markers[1] + draw(_noise)
+    return text, markers
+
+
+def _shown(exc: BaseException) -> str:
+    return "\n".join(
+        [*traceback.format_exception(type(exc), exc, exc.__traceback__), repr(exc), repr(exc.args)]
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    scheme=st.sampled_from(SCHEMES_WITH_CREDENTIALS),
+    secret=_passwords(),
+    encoded=st.booleans(),
+    token=st.booleans(),
+    tail=st.sampled_from(["", "/", "/0", "?connect_timeout=1", "/?queue=q#frag"]),
+)
+def test_no_password_text_is_ever_shown(
+    scheme: str, secret: tuple[str, list[str]], encoded: bool, token: bool, tail: str
+) -> None:
+    """Whatever a URL's password holds, written raw or percent-encoded, no part of it shows
+    in redact_url (the CLI's serving line), a ConfigError or a transport's repr."""
+    password, markers = secret
+    assume(encoded or not token or ":" not in password)  # a raw token has no ':' (user:pass)
+    written = quote(password, safe="") if encoded else password
+    userinfo = written if token else f"alice:{written}"
+    url = f"{scheme}://{userinfo}@127.0.0.1:1{tail}"
+    shown = [redact_url(url)]
+    targets: list[Any] = [url]
+    if scheme.startswith("amqp"):  # NestJS's RMQ options carry URLs too
+        targets.append({"transport": "RMQ", "options": {"urls": [url], "queue": "q"}})
+    for target in targets:
+        for create in (create_client_transport, create_server_transport):
+            try:
+                shown.append(repr(create(target)))
+            except ConfigError as exc:
+                shown.append(_shown(exc))
+    for text in shown:
+        for marker in markers:
+            assert marker not in text, f"part of the password shows: {text[:400]}"
 
 
 def test_features_are_declared_per_transport() -> None:

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, unquote
 
 from polybus.config import TransportOptions, redact_url, tls_client_context
 from polybus.errors import ConfigError
+from polybus.secrets import guard_loggers
 
 __all__ = ["KafkaOptions"]
 
@@ -234,6 +235,7 @@ class KafkaOptions(TransportOptions):
         if self.sasl_plain_username is not None:
             kwargs["sasl_plain_username"] = self.sasl_plain_username
             kwargs["sasl_plain_password"] = self.sasl_plain_password
+            guard_loggers("aiokafka", self.sasl_plain_password)  # its DEBUG log prints them
         if self.sasl_oauth_token_provider is not None:
             kwargs["sasl_oauth_token_provider"] = self.sasl_oauth_token_provider
         return kwargs

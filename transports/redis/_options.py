@@ -26,6 +26,12 @@ _KEEPALIVE = {
 class RedisOptions(TransportOptions):
     """Where and how to reach Redis. URL query parameters and NestJS options map here."""
 
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Below what Redis accepts by default: its ``client-output-buffer-limit pubsub 32mb 8mb
+    60`` drops a subscriber whose pending output passes 32 MiB (at once) or 8 MiB (for 60 s),
+    and a message's buffer can take 1.25x its size (jemalloc's size classes: a 33 MiB message
+    took 40 MiB). At 4 MiB, one message stays under the soft limit and six under the hard
+    one. Raise it together with the broker's limit."""
     host: str = "localhost"
     port: int = 6379
     db: int = 0

@@ -3,10 +3,12 @@
 Frames are ``<length>#<json>`` where ``length`` counts UTF-16 code units of the JSON text
 (JavaScript ``string.length``), docs/PROTOCOL.md §2. One client connection multiplexes every
 request; replies are matched by ``id``. A corrupted frame or undecodable JSON closes only
-its connection (on the client, its pending requests fail with ``TransportError`` and the
-next call reconnects). Writes made in one event-loop iteration leave in one ``write()``
-(corking). Headers and the caller's deadline travel in NestJS v12's packet ``metadata``
-(``send_metadata``), which Nest servers accept and expose as ``TcpContext.getMetadata()``.
+its connection, after the frames before it: the server answers those requests, then
+closes; the client delivers those replies, then its other pending requests fail with
+``TransportError`` and the next call reconnects. Writes made in one event-loop iteration
+leave in one ``write()`` (corking). Headers and the caller's deadline travel in NestJS v12's
+packet ``metadata`` (``send_metadata``), which Nest servers accept and expose as
+``TcpContext.getMetadata()``.
 """
 
 from __future__ import annotations

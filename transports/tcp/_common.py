@@ -11,7 +11,7 @@ from polybus.abc import Features
 from polybus.errors import ConfigError, ProtocolError
 from polybus.serializers import Serializer
 
-from ._framing import FrameDecoder
+from ._framing import CorruptStream, FrameDecoder
 
 __all__ = ["FEATURES", "FramedConnection", "check_text_serializer"]
 
@@ -40,20 +40,35 @@ class FramedConnection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.peer: Any = None
         self.error: BaseException | None = None
-        """Why we aborted the connection (a ``ProtocolError``), if we did."""
+        """Why we closed or aborted the connection (a ``ProtocolError``), if we did."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.peer = transport.get_extra_info("peername")
 
     def data_received(self, data: bytes) -> None:
+        if self.error is not None:
+            return  # the stream broke: nothing after that point is read
         try:
             frames = self._decoder.feed(data)
+        except CorruptStream as exc:
+            frames = exc.frames
+            error: ProtocolError | None = exc
+        else:
+            error = None
+        try:
             if frames:
                 self._on_frames(frames)
         except ProtocolError as exc:
-            log.warning("closing connection with %s: %s", self.peer, exc)
-            self.abort(exc)
+            error = exc
+        if error is not None:
+            log.warning("closing connection with %s: %s", self.peer, error)
+            self.protocol_error(error)
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        """The peer broke the protocol after the frames already handed to ``on_frames``:
+        abort (the client's pending requests fail now). The server overrides it."""
+        self.abort(exc)
 
     def write(self, data: bytes) -> None:
         """Queue a frame; everything queued in this loop iteration leaves in one write."""

@@ -34,13 +34,14 @@ class TcpContext(Context):
 
     __slots__ = ("_conn", "_serializer")
     transport_name = "tcp"
+    _conn: _ServerConnection
 
     def __init__(
         self,
         pattern: Any,
         data: Any,
         id: Any,
-        conn: FramedConnection,
+        conn: _ServerConnection,
         serializer: Serializer,
         metadata: dict[str, str] | None = None,
     ) -> None:
@@ -60,12 +61,18 @@ class TcpContext(Context):
         if conn.paused:
             await conn.drain()
 
+    async def settle(self, ok: bool) -> None:
+        self._conn.settled()
+
 
 class _ServerConnection(FramedConnection):
     """Frames are queued and fed to the microservice in order, by a reader that runs only
     while there are frames. A read of a few frames is handled in ``data_received`` itself
     (no task wake-up before the reply), going on in a task only if it has to wait for a
-    handler slot; a larger backlog is worked off by a task, 16 frames per loop turn."""
+    handler slot; a larger backlog is worked off by a task, 16 frames per loop turn.
+
+    After a protocol error (a corrupt frame, undecodable JSON) the connection reads nothing
+    more, answers the requests it took before the error, then closes."""
 
     def __init__(self, server: TcpServerTransport) -> None:
         super().__init__(server.options.max_message_bytes, self._queue_frames)
@@ -75,6 +82,8 @@ class _ServerConnection(FramedConnection):
         """The running reader's task, held here: the event loop keeps only weak references."""
         self._reading = False
         self._reading_paused = False
+        self._unsettled = 0
+        """Messages handed to the microservice and not settled yet."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -114,13 +123,14 @@ class _ServerConnection(FramedConnection):
                     incoming = decode_incoming(serializer, body)
                 except ProtocolError as exc:
                     log.warning("closing connection from %s: %s", self.peer, exc)
-                    inbox.clear()
-                    self.abort(exc)
+                    inbox.clear()  # what came after it is not answered
+                    self.protocol_error(exc)
                     return
                 sink = server._sink
                 if sink is None:
                     inbox.clear()
                     return
+                self._unsettled += 1
                 await sink(
                     TcpContext(
                         incoming.pattern,
@@ -137,6 +147,20 @@ class _ServerConnection(FramedConnection):
             if self._reading_paused and self.transport is not None:
                 self._reading_paused = False
                 self.transport.resume_reading()
+            self._close_when_answered()
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        """Reading stops; the frames taken before the error are still answered."""
+        self.error = exc
+        self._close_when_answered()
+
+    def settled(self) -> None:
+        self._unsettled -= 1
+        self._close_when_answered()
+
+    def _close_when_answered(self) -> None:
+        if self.error is not None and not self._reading and self._unsettled <= 0:
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
