@@ -379,9 +379,10 @@ def _from_dict(
 
 
 def features_of(target: Any) -> Features:
-    """The declared features of the transport a URL or dict selects."""
-    plugin, _ = resolve_target(target, {})
-    features: Features = plugin.client.features
+    """The declared features of the transport a URL or dict selects: read from a client
+    transport built from it (not connected), as options may change them (NATS JetStream)."""
+    plugin, options = resolve_target(target, {})
+    features: Features = plugin.client(options, resolve_serializer(None)).features
     return features
 
 
