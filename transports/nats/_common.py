@@ -37,6 +37,7 @@ FEATURES = Features(
     broadcast=True,
     queue_groups=True,
     headers=True,
+    dead_letter=True,
     restart_command=("sh", "-c", _RESTART),
     notes={
         "payload_1mib": "a 1 MiB payload plus its envelope exceeds the NATS server's default "
