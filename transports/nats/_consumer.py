@@ -41,6 +41,8 @@ class EventConsumers:
 
     async def start(self, nc: NatsClient, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
         """Create the stream and the durable consumers, then start fetching."""
+        if not routes:
+            return
         js = nc.jetstream()
         stream = stream_name(self.options)
         await ensure_stream(js, stream, sorted({s.route for s in routes}), self.options.max_age)
