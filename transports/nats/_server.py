@@ -2,7 +2,8 @@
 
 The route is what the server dispatches on (wildcards included); no queue group unless
 ``queue`` is set (server option, or per handler: ``@app.message_pattern(p, queue="q")``);
-replies go out without headers, like NestJS's.
+replies go out without headers, like NestJS's. In JetStream mode event routes are read
+from durable consumers instead (:class:`~._consumer.EventConsumers`).
 """
 
 from __future__ import annotations
