@@ -151,6 +151,7 @@ def test_from_nest_options() -> None:
 def test_features() -> None:
     assert FEATURES.name == "nats" and FEATURES.unknown_pattern == "no_responders"
     assert FEATURES.broadcast and FEATURES.queue_groups and FEATURES.headers
+    assert FEATURES.dead_letter and not FEATURES.durable_events
     assert NatsClientTransport.features is FEATURES and NatsServerTransport.features is FEATURES
 
 

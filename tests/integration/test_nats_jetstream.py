@@ -233,6 +233,24 @@ async def test_undecodable_event_is_terminated_and_serving_goes_on(
     assert "undecodable" in caplog.text
 
 
+async def test_existing_stream_gets_the_new_routes(
+    url: str, prefix: str, durable: str, raw: Any
+) -> None:
+    seen: list[Any] = []
+    first = Microservice(js_url(url, durable))
+    first.event_pattern(f"{prefix}a")(seen.append)
+    await first.listen()
+    await first.close()
+    second = Microservice(js_url(url, durable))
+    second.event_pattern(f"{prefix}a")(seen.append)
+    second.event_pattern(f"{prefix}b")(seen.append)
+    async with second, create_client(js_url(url, durable)) as client:
+        await client.emit(f"{prefix}b", "b")
+        await wait_until(lambda: seen == ["b"])
+    info = await raw.jetstream().stream_info(durable)
+    assert sorted(info.config.subjects) == [f"{prefix}a", f"{prefix}b"]
+
+
 async def test_stream_overlapping_another_stream_is_a_config_error(
     url: str, prefix: str, durable: str, raw: Any
 ) -> None:

@@ -76,7 +76,8 @@ class NatsOptions(TransportOptions):
     """JetStream: durable consumer name; instances sharing it compete for the events
     (default: ``queue``, else ``name``, else ``"polybus"``)."""
     ack_wait: float = 30.0
-    """JetStream: an event not settled within this many seconds is delivered again."""
+    """JetStream: an event not settled within this many seconds is delivered again (also
+    while its handler still runs: make it longer than the slowest handler)."""
     max_deliver: int = 5
     """JetStream: deliveries of one event at most (then the consumer skips it)."""
     max_age: float = 86400.0
