@@ -148,6 +148,8 @@ async def publish_acknowledged(
                     "when it starts listening)"
                 ) from exc
             cause: Exception = exc
+        except js_errors.ServiceUnavailableError as exc:  # JetStream is recovering
+            cause = exc
         except js_errors.APIError as exc:
             raise TransportError(
                 f"JetStream refused the event on {subject!r}: {describe_error(exc)}"
