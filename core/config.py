@@ -310,9 +310,10 @@ def _from_dict(
 
 
 def features_of(target: Any) -> Features:
-    """The declared features of the transport a URL or dict selects."""
-    plugin, _ = resolve_target(target, {})
-    return plugin.features
+    """The declared features of the transport a URL or dict selects (options may change
+    them: NATS JetStream)."""
+    plugin, options = resolve_target(target, {})
+    return plugin.features(options)
 
 
 def _split_common(overrides: dict[str, Any]) -> Serializer:

@@ -77,9 +77,13 @@ class TransportPlugin:
     client: ClientFactory
     server: ServerFactory
     faults: FaultInjection | None = None
+    options_features: Callable[[Any], Features] | None = None
+    """The features for given options, where options change them (NATS JetStream); else
+    the client factory's ``features``."""
 
-    @property
-    def features(self) -> Features:
+    def features(self, options: Any) -> Features:
+        if self.options_features is not None:
+            return self.options_features(options)
         return self.client.features
 
 

@@ -14,9 +14,14 @@ TRANSPORTS = {
     "loopback": lambda: "loopback://conformance",
     "redis": lambda: broker_url("redis"),
     "nats": lambda: broker_url("nats"),
+    "nats-jetstream": lambda: _with_query(broker_url("nats"), "jetstream=true"),
     "rabbitmq": lambda: broker_url("rabbitmq"),
     "kafka": lambda: broker_url("kafka"),
 }
+
+
+def _with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
 @pytest.fixture(params=list(TRANSPORTS))

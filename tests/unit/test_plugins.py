@@ -98,7 +98,7 @@ def test_a_transport_from_another_distribution_is_found_by_scheme_and_nest_dict(
     by_url, _ = resolve_target("loopback://x", {})
     by_name, _ = resolve_target({"transport": "LOOPBACK", "options": {"name": "x"}}, {})
     by_number, _ = resolve_target({"transport": 42}, {})
-    assert by_url is by_name is by_number and by_url.features.name == "loopback"
+    assert by_url is by_name is by_number and by_url.client.features.name == "loopback"
 
 
 def test_a_project_that_installs_polybus_is_unaffected_by_its_pytest_plugin(

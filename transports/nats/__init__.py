@@ -16,6 +16,11 @@ requests fail as soon as the connection drops.
 Server: one subscription per handler route (the route is what it dispatches on, wildcards
 included), no queue group unless ``queue`` is set (server option, or per handler:
 ``@app.message_pattern(p, queue="q")``), replies without headers like NestJS.
+
+JetStream (``?jetstream=true``, opt-in, polybus only: NestJS has no JetStream transport):
+``emit()`` resolves once the stream acknowledged the event; event routes are read from
+durable pull consumers, acknowledged after the handler (see :mod:`._jetstream`,
+:mod:`._consumer`). Requests stay core NATS request-reply.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 from polybus.abc import ConnectionStatus, Release, ReplySink
 from polybus.errors import NoRespondersError, ProtocolError, TransportError, describe_error
@@ -32,6 +33,7 @@ from ._common import (
     open_connection,
     publish_error,
 )
+from ._jetstream import features_for, publish_acknowledged
 from ._options import NatsOptions
 
 __all__ = ["NatsClientTransport"]
@@ -47,6 +49,8 @@ class NatsClientTransport(ConnectionCallbacks):
 
     def __init__(self, options: NatsOptions, serializer: Serializer) -> None:
         self.options = options
+        self.features = features_for(options)
+        self._js: JetStreamContext | None = None
         self._serializer = serializer
         self._sink: ReplySink | None = None
         self._nc: NatsClient | None = None
@@ -80,6 +84,8 @@ class NatsClientTransport(ConnectionCallbacks):
                 f"cannot subscribe to the reply inbox: {describe_error(exc)}"
             ) from exc
         self._nc = nc
+        if self.options.jetstream:
+            self._js = nc.jetstream()
 
     async def _on_reply(self, msg: Msg) -> None:
         sink = self._sink
@@ -161,8 +167,14 @@ class NatsClientTransport(ConnectionCallbacks):
         if nc is None:
             raise TransportError("NATS client is not connected")
         body = self.options.check_size(encode_event(self._serializer, event))
+        headers = self._headers_for(event.headers, None)
+        if self._js is not None:
+            await publish_acknowledged(
+                nc, self._js, event.route, body, headers, self.options.publish_timeout
+            )
+            return
         try:
-            await nc.publish(event.route, body, "", self._headers_for(event.headers, None))
+            await nc.publish(event.route, body, "", headers)
             if self.options.confirm_publish:
                 await nc.flush()
         except nats_errors.Error as exc:
@@ -171,6 +183,7 @@ class NatsClientTransport(ConnectionCallbacks):
     async def close(self) -> None:
         self._closing = True
         nc, self._nc = self._nc, None
+        self._js = None
         self._sink = None
         self._routes.clear()
         await close_connection(nc)

@@ -31,6 +31,7 @@ FEATURES = Features(
     broadcast=True,
     queue_groups=True,
     headers=True,
+    dead_letter=True,
     notes={
         "payload_1mib": "a 1 MiB payload plus its envelope exceeds the NATS server's default "
         "max_payload (1 MiB, raised only in the server's config file); "

@@ -65,6 +65,31 @@ class NatsOptions(TransportOptions):
     """Client: send the request deadline (``x-polybus-deadline``): in the body's NestJS
     ``metadata``, or as a header when the request has headers anyway."""
     no_echo: bool = False
+    jetstream: bool = False
+    """Events through JetStream (not NestJS-compatible: NestJS has no JetStream transport).
+    Client: ``emit()`` resolves once the stream acknowledged the event. Server: event
+    routes are read from durable consumers and acknowledged after their handler."""
+    stream: str | None = None
+    """JetStream: the service's stream (created if missing, file storage), covering its
+    event routes (default: the durable name)."""
+    durable: str | None = None
+    """JetStream: durable consumer name; instances sharing it compete for the events
+    (default: ``queue``, else ``name``, else ``"polybus"``)."""
+    ack_wait: float = 30.0
+    """JetStream: an event not settled within this many seconds is delivered again (also
+    while its handler still runs: make it longer than the slowest handler)."""
+    max_deliver: int = 5
+    """JetStream: deliveries of one event at most (then the consumer skips it)."""
+    max_age: float = 86400.0
+    """JetStream: how long the stream keeps an event (limits retention, seconds)."""
+    publish_timeout: float = 10.0
+    """JetStream client: how long ``emit()`` retries (through reconnects) for the ack."""
+    fetch_batch: int = 64
+    """JetStream server: events fetched per pull request."""
+
+    @property
+    def durable_base(self) -> str:
+        return self.durable or self.queue or self.name or "polybus"
 
     @classmethod
     def from_url(cls, url: str) -> NatsOptions:

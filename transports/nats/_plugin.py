@@ -6,11 +6,17 @@ from polybus.plugins import TransportPlugin
 
 from ._client import NatsClientTransport
 from ._faults import NatsFaults
+from ._jetstream import features_for
 from ._options import NatsOptions
 from ._server import NatsServerTransport
 
 __all__ = ["PLUGIN"]
 
 PLUGIN = TransportPlugin(
-    "NATS", NatsOptions, NatsClientTransport, NatsServerTransport, NatsFaults()
+    "NATS",
+    NatsOptions,
+    NatsClientTransport,
+    NatsServerTransport,
+    NatsFaults(),
+    options_features=features_for,
 )

@@ -2,7 +2,8 @@
 
 The route is what the server dispatches on (wildcards included); no queue group unless
 ``queue`` is set (server option, or per handler: ``@app.message_pattern(p, queue="q")``);
-replies go out without headers, like NestJS's.
+replies go out without headers, like NestJS's. In JetStream mode event routes are read
+from durable consumers instead (:class:`~._consumer.EventConsumers`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import errors as js_errors
 
-from polybus.abc import Context, MessageSink, RouteSpec
-from polybus.errors import ConfigError, ProtocolError, TransportError, describe_error
-from polybus.packets import Reply, decode_incoming, encode_reply, parse_deadline
+from polybus.abc import MessageSink, RouteSpec
+from polybus.errors import ConfigError, TransportError, describe_error
 from polybus.serializers import Serializer
 
 from ._common import (
@@ -27,60 +28,13 @@ from ._common import (
     close_connection,
     log,
     open_connection,
-    publish_error,
 )
+from ._consumer import EventConsumers
+from ._context import NatsContext, deadline_of, decode_message
+from ._jetstream import features_for, stream_name
 from ._options import NatsOptions
 
 __all__ = ["NatsContext", "NatsServerTransport"]
-
-
-class NatsContext(Context):
-    """Context of a NATS message.
-
-    - ``pattern``: the route the handler subscribed to (may contain wildcards)
-    - ``subject``: the subject the message was published to
-    - ``reply``: the reply subject (``""`` for events)
-    - ``headers``: the message's NATS headers (``None`` when it had none)
-    - ``msg``: the raw ``nats.aio.msg.Msg``
-    """
-
-    __slots__ = ("_nc", "_serializer", "msg")
-    transport_name = "nats"
-
-    def __init__(
-        self,
-        pattern: Any,
-        data: Any,
-        id: Any,
-        headers: dict[str, str] | None,
-        deadline: float | None,
-        msg: Msg,
-        nc: NatsClient,
-        serializer: Serializer,
-    ) -> None:
-        super().__init__(pattern, data, id, headers, deadline)
-        self.msg = msg
-        self._nc = nc
-        self._serializer = serializer
-
-    @property
-    def subject(self) -> str:
-        return self.msg.subject
-
-    @property
-    def reply(self) -> str:
-        return self.msg.reply
-
-    async def send_reply(self, reply: Reply) -> None:
-        subject = self.msg.reply
-        nc = self._nc
-        if not subject or nc.is_closed:
-            return
-        body = encode_reply(self._serializer, reply)
-        try:
-            await nc.publish(subject, body)
-        except nats_errors.Error as exc:
-            raise publish_error(exc, subject, nc, len(body)) from exc
 
 
 class NatsServerTransport(ConnectionCallbacks):
@@ -88,17 +42,21 @@ class NatsServerTransport(ConnectionCallbacks):
 
     def __init__(self, options: NatsOptions, serializer: Serializer) -> None:
         self.options = options
+        self.features = features_for(options)
         self._serializer = serializer
         self._nc: NatsClient | None = None
         self._subs: list[Subscription] = []
+        self._events = EventConsumers(options, serializer) if options.jetstream else None
 
     async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
         self._closing = False
         nc = self._nc
         if nc is None:
             nc = self._nc = await open_connection(self.options, self)
+        events = self._events
+        subscribed = routes if events is None else [r for r in routes if r.kind == "message"]
         try:
-            for spec in routes:
+            for spec in subscribed:
                 queue = spec.options.get("queue") or self.options.queue or ""
                 self._subs.append(
                     await nc.subscribe(
@@ -110,11 +68,16 @@ class NatsServerTransport(ConnectionCallbacks):
                     )
                 )
             await nc.flush()  # the server has every SUB: messages published now reach us
+            if events is not None:
+                await events.start(nc, [r for r in routes if r.kind == "event"], sink)
         except nats_errors.BadSubjectError as exc:
             await self.close()
             raise ConfigError(
                 f"cannot subscribe: {describe_error(exc)} (a route must be a valid NATS subject)"
             ) from exc
+        except (ConfigError, TransportError):  # the JetStream stream could not be set up
+            await self.close()
+            raise
         except (nats_errors.Error, OSError, asyncio.TimeoutError) as exc:
             await self.close()
             raise TransportError(
@@ -122,45 +85,20 @@ class NatsServerTransport(ConnectionCallbacks):
             ) from exc
 
     def _receiver(self, route: str, sink: MessageSink, nc: NatsClient) -> Any:
-        serializer = self._serializer
-        limit = self.options.max_message_bytes
+        serializer, options = self._serializer, self.options
+        limit = options.max_message_bytes
 
         async def receive(msg: Msg) -> None:
-            data = msg.data
-            if len(data) > limit:
-                log.warning(
-                    "dropping a %d-byte message on %r: above max_message_bytes=%d",
-                    len(data),
-                    msg.subject,
-                    limit,
-                )
-                return
-            try:
-                incoming = decode_incoming(serializer, data, channel=route)
-            except ProtocolError as exc:
-                log.warning("dropping an undecodable message on %r: %s", msg.subject, exc)
-                return
-            headers = msg.headers
-            if headers:
-                deadline = parse_deadline(headers)
-            else:  # a client without headers may send it in NestJS v12's body ``metadata``
-                deadline = parse_deadline(incoming.metadata) if incoming.metadata else None
-            await sink(
-                NatsContext(
-                    incoming.pattern,
-                    incoming.data,
-                    incoming.id,
-                    headers,
-                    deadline,
-                    msg,
-                    nc,
-                    serializer,
-                )
-            )
+            incoming = decode_message(msg, route, serializer, limit)
+            if incoming is not None:
+                deadline = deadline_of(msg, incoming)
+                await sink(NatsContext(incoming, deadline, msg, nc, serializer, options))
 
         return receive
 
     async def stop(self) -> None:
+        if self._events is not None:
+            await self._events.stop()
         subs, self._subs = self._subs, []
         nc = self._nc
         if nc is None or nc.is_closed:
@@ -173,6 +111,8 @@ class NatsServerTransport(ConnectionCallbacks):
 
     async def close(self) -> None:
         await self.stop()
+        if self._events is not None and self._nc is not None and not self._nc.is_closed:
+            await self._events.release_unsettled()
         self._closing = True
         nc, self._nc = self._nc, None
         await close_connection(nc)
@@ -184,6 +124,20 @@ class NatsServerTransport(ConnectionCallbacks):
     async def _on_reconnected(self) -> None:
         if not self._closing:
             log.info("NATS server connection to %s restored", self.options.describe())
+
+    async def delete_resources(self) -> None:
+        """JetStream: delete this service's stream (and so its consumers)."""
+        if self._events is None:
+            return
+        nc = await open_connection(self.options, ConnectionCallbacks())
+        try:
+            await nc.jetstream().delete_stream(stream_name(self.options))
+        except js_errors.NotFoundError:
+            pass
+        except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            log.warning("cannot delete JetStream stream: %r", exc)
+        finally:
+            await close_connection(nc)
 
     def __repr__(self) -> str:
         return f"NatsServerTransport({self.options.describe()})"
