@@ -182,6 +182,7 @@ class ClientProxy:
         self._listeners: list[StatusListener] = []
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._deadlines: Deadlines | None = None
+        self._emitting: set[asyncio.Task[None]] = set()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -324,8 +325,12 @@ class ClientProxy:
             record.headers if record else None,
             record,
         )
-        # Not awaiting the task is allowed; asyncio then logs a failure it was never asked for.
-        return self._loop.create_task(self._publish(event))
+        # Not awaiting the task is allowed (asyncio then logs a failure it was never asked
+        # for); the proxy holds it until it is done: the loop keeps only a weak reference.
+        task = self._loop.create_task(self._publish(event))
+        self._emitting.add(task)
+        task.add_done_callback(self._emitting.discard)
+        return task
 
     async def _publish(self, event: Event) -> None:
         if not self._connected:

@@ -328,3 +328,25 @@ def test_bad_handler_signature_and_pattern_are_config_errors() -> None:
         message_pattern(None)
     with pytest.raises(ConfigError):
         ClientProxy.send(create_client("memory://x"), None)
+
+
+async def test_emit_holds_its_task_until_done(url: str) -> None:
+    """The event loop keeps only weak references to tasks: an emit() nobody awaits must
+    not be collected half-way."""
+    import gc
+    import weakref
+
+    app = Microservice(url)
+    got: list[int] = []
+
+    @app.event_pattern("e")
+    def e(x: int) -> None:
+        got.append(x)
+
+    async with app, create_client(url) as client:
+        ref = weakref.ref(client.emit("e", 1))
+        gc.collect()
+        assert ref() is not None
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert got == [1]
