@@ -51,6 +51,7 @@ class RmqClientTransport:
             self._lost,
             self._consume_replies,
             self._reconnected,
+            confirm=self.options.confirms,
         )
         await link.open()
         self._link = link
@@ -132,7 +133,7 @@ class RmqClientTransport:
         """Publish to the service queue once the link is up (confirmed when configured)."""
         if not link.ready.is_set():
             await link.wait_ready()
-        if self.options.publisher_confirms:
+        if link.confirm:
             await self._confirmed(link, body, props)
         else:
             link.publish(self.options.queue, body, props)

@@ -26,6 +26,8 @@ class Link:
     ``on_lost(exc)`` runs when the channel closes without us asking (connection drop,
     channel error); ``on_restored(raw)`` after the channel was reopened (queue declared,
     qos set): consumers are re-registered there before the link is marked ready again.
+    With ``confirm`` the channel is in confirm mode and every publish must go through
+    :meth:`publish_confirmed` (aiormq counts the delivery tags the broker confirms).
     """
 
     def __init__(
@@ -35,8 +37,11 @@ class Link:
         on_lost: Callable[[BaseException | None], None],
         on_restored: Callable[[Any], Awaitable[None]],
         on_ready: Callable[[], None] | None = None,
+        *,
+        confirm: bool = False,
     ) -> None:
         self.options = options
+        self.confirm = confirm
         self._prefetch = prefetch
         self._on_lost = on_lost
         self._on_restored = on_restored
@@ -80,9 +85,7 @@ class Link:
         else:
             raise TransportError(f"cannot connect to RabbitMQ: {'; '.join(errors)}")
         try:
-            channel = self.channel = self.connection.channel(
-                publisher_confirms=options.publisher_confirms
-            )
+            channel = self.channel = self.connection.channel(publisher_confirms=self.confirm)
             await channel.initialize()
             await channel.set_qos(
                 prefetch_count=self._prefetch, global_=options.is_global_prefetch_count
