@@ -11,9 +11,9 @@ talks to aio-pika's underlying aiormq channel: publishes are marshalled with pam
 written through the channel's connection write queue, every publish made in one
 event-loop iteration in one write (corking). A durable configuration (``persistent``
 messages) publishes with publisher confirms instead, so ``emit()``/``send()`` resolve only
-once the broker has the message (``publisher_confirms=false`` opts out); consumers are plain aiormq consumers that get
-the raw ``DeliveredMessage`` (the aio-pika ``IncomingMessage`` is built only if a handler
-asks for ``context.message``).
+once the broker has the message (``publisher_confirms=false`` opts out); consumers are
+plain aiormq consumers that get the raw ``DeliveredMessage`` (the aio-pika
+``IncomingMessage`` is built only if a handler asks for ``context.message``).
 
 URL: ``amqp://user:pass@host:5672/vhost?queue=orders&prefetch_count=50&no_ack=false``;
 ``amqps://`` takes ``ca_file``/``cert_file``/``key_file`` (also ``ca``/``cert``/``key``).
