@@ -395,6 +395,47 @@ async def test_manual_ack_settles_each_message_once(amqp: str, queue: str) -> No
     assert sorted(calls) == ["boom", "ok", "ok", "self_ack", "self_ack"]
 
 
+async def _inject_request(channel: Any, queue: str, reply_to: str, data: Any = None) -> None:
+    """A request as a NestJS client sends it, answered to ``reply_to``."""
+    request_id = uuid.uuid4().hex
+    body = orjson.dumps({"pattern": "echo", "data": data, "id": request_id})
+    await channel.default_exchange.publish(
+        aio_pika.Message(body, correlation_id=request_id, reply_to=reply_to), routing_key=queue
+    )
+
+
+UNREPLYABLE = {
+    "garbled direct reply-to": "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAxMzI4NjQ1NQ-garbled",
+    "missing queue": f"pbtest-missing-{uuid.uuid4().hex[:12]}",
+}
+
+
+@pytest.mark.parametrize("reply_to", list(UNREPLYABLE.values()), ids=list(UNREPLYABLE))
+async def test_a_request_whose_reply_cannot_be_delivered_is_settled(
+    amqp: str, queue: str, reply_to: str
+) -> None:
+    url = with_queue(amqp, queue, no_ack="false", prefetch_count=1)
+    async with echo_app(url), raw_channel(amqp) as channel:
+        await _inject_request(channel, queue, reply_to)
+        async with create_client(url) as client:  # prefetch 1: answered only once it is settled
+            assert await client.send("echo", "next", timeout=10) == "next"
+    assert await ready_count(amqp, queue) == 0  # settled, not requeued when the server left
+
+
+async def test_poison_replies_do_not_fill_the_prefetch_window(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue, no_ack="false", prefetch_count=10)
+    async with echo_app(url), raw_channel(amqp) as channel:
+        reply_tos = list(UNREPLYABLE.values())
+        for n in range(100):
+            await _inject_request(channel, queue, reply_tos[n % len(reply_tos)], n)
+        async with create_client(url) as client:
+            assert await client.send("echo", "good", timeout=15) == "good"
+        async with raw_channel(amqp) as probe:
+            declared = await probe.declare_queue(queue, passive=True)
+            assert declared.declaration_result.message_count == 0
+    assert await ready_count(amqp, queue) == 0
+
+
 async def test_accepted_events_survive_a_server_crash(amqp: str, queue: str) -> None:
     url = with_queue(amqp, queue, no_ack="false")
     started = asyncio.Event()
