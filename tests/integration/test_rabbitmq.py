@@ -24,6 +24,7 @@ from polybus import (
     TransportError,
     create_client,
 )
+from polybus.packets import DEAD_LETTER_ERROR, DEAD_LETTER_ORIGIN
 from polybus.testing.brokers import broker_url
 from polybus.transports.rabbitmq import (
     DEADLINE_HEADER,
@@ -434,6 +435,112 @@ async def test_poison_replies_do_not_fill_the_prefetch_window(amqp: str, queue: 
             declared = await probe.declare_queue(queue, passive=True)
             assert declared.declaration_result.message_count == 0
     assert await ready_count(amqp, queue) == 0
+
+
+# -- dead-lettering -----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def dead_letter_queue(amqp: str, queue: str) -> AsyncIterator[str]:
+    name = f"{queue}-dlq"
+    try:
+        yield name
+    finally:
+        async with raw_channel(amqp) as channel:
+            await channel.queue_delete(name)
+
+
+async def _get(amqp: str, queue: str, timeout: float = 10.0) -> Any:
+    """The next message of ``queue`` (acked), waiting for the queue to exist and fill."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        async with raw_channel(amqp) as channel:
+            with contextlib.suppress(aio_pika.exceptions.ChannelNotFoundEntity):
+                declared = await channel.declare_queue(queue, passive=True)
+                message = await declared.get(no_ack=True, fail=False)
+                if message is not None:
+                    return message
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing arrived in {queue!r}")
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["declared", "existing-with-arguments"])
+async def test_dead_letter_republishes_the_message_as_it_arrived(
+    amqp: str, queue: str, existing: bool
+) -> None:
+    url = with_queue(amqp, queue, no_ack="false")
+    app = Microservice(url)
+
+    async with dead_letter_queue(amqp, queue) as dlq:
+
+        @app.event_pattern("bad")
+        async def bad(data: Any, ctx: RmqContext) -> None:
+            await ctx.dead_letter(dlq, ValueError("no good"))
+
+        if existing:  # declared by someone else, with arguments: used as it is
+            async with raw_channel(amqp) as channel:
+                await channel.declare_queue(dlq, durable=True, arguments={"x-max-length": 99})
+        body = orjson.dumps({"pattern": "bad", "data": {"n": 1}})
+        async with app, raw_channel(amqp) as channel:
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    body,
+                    headers={"h": "v"},
+                    priority=3,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id="m-1",
+                    content_type="application/json",
+                ),
+                routing_key=queue,
+            )
+            message = await _get(amqp, dlq)
+        assert message.body == body
+        assert message.headers == {"h": "v", DEAD_LETTER_ERROR: "ValueError: no good",
+                                   DEAD_LETTER_ORIGIN: queue}  # fmt: skip
+        assert message.priority == 3 and message.message_id == "m-1"
+        assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert message.content_type == "application/json"
+        assert await ready_count(amqp, queue) == 0  # the original was acked
+
+
+async def test_dead_letter_to_a_queue_that_cannot_take_it_is_a_transport_error(
+    amqp: str, queue: str
+) -> None:
+    url = with_queue(amqp, queue, no_ack="false")
+    app = echo_app(url)
+    errors: list[BaseException] = []
+
+    @app.event_pattern("bad")
+    async def bad(data: Any, ctx: RmqContext) -> None:
+        try:
+            await ctx.dead_letter("amq.reserved-name", ValueError("no good"))
+        except TransportError as exc:
+            errors.append(exc)
+
+    async with app, create_client(url) as client:
+        await client.emit("bad", {})
+        await wait_for(lambda: bool(errors))
+        assert await client.send("echo", "still serving") == "still serving"
+
+
+async def test_broker_side_dead_lettering_of_rejected_messages(amqp: str, queue: str) -> None:
+    async with dead_letter_queue(amqp, queue) as dlq:
+        queue_options = {"dead_letter_exchange": "", "dead_letter_routing_key": dlq}
+        app = Microservice(with_queue(amqp, queue, no_ack="false"), queue_options=queue_options)
+
+        @app.event_pattern("bad")
+        def bad(data: Any) -> None:
+            raise ValueError("no good")
+
+        async with raw_channel(amqp) as channel:
+            await channel.declare_queue(dlq, durable=True)
+        async with app, raw_channel(amqp) as channel:
+            body = orjson.dumps({"pattern": "bad", "data": 1})
+            await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
+            message = await _get(amqp, dlq)
+        assert message.body == body
+        death = message.headers["x-death"][0]
+        assert death["reason"] == "rejected" and death["queue"] == queue
 
 
 async def test_accepted_events_survive_a_server_crash(amqp: str, queue: str) -> None:

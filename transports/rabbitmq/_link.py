@@ -56,6 +56,8 @@ class Link:
         self._draining: set[asyncio.Future[None]] = set()
         self._method_cache: dict[str, bytes] = {}
         self._url = options.urls[0]
+        self._confirming: aio_pika.abc.AbstractRobustChannel | None = None
+        self._declared: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -229,6 +231,41 @@ class Link:
         await self.raw.basic_publish(
             body, routing_key=routing_key, properties=props.to_pamqp(), mandatory=False
         )
+
+    async def confirm_channel(self, queue: str) -> Any:
+        """The aiormq channel of a second channel, in confirm mode, opened on first use, on
+        which ``queue`` exists (declared durable if missing): for the rare publish that
+        must be confirmed on a link whose main channel does not confirm."""
+        await self.wait_ready()
+        channel, connection = self._confirming, self.connection
+        if connection is None:
+            raise TransportError("RabbitMQ transport is closed")
+        if channel is None or channel.is_closed:
+            channel = self._confirming = connection.channel(publisher_confirms=True)
+            await channel.initialize()
+            self._declared.clear()
+        if queue not in self._declared:
+            await self._declare_if_missing(queue)
+            self._declared.add(queue)
+        return await channel.get_underlay_channel()
+
+    async def _declare_if_missing(self, queue: str) -> None:
+        """Declare ``queue`` durable unless it exists (whatever its arguments), on throwaway
+        aiormq channels: the broker closes the channel a failed passive declare ran on."""
+        import aiormq
+
+        transport = self.connection.transport if self.connection else None
+        if transport is None:
+            raise TransportError(f"RabbitMQ connection to {self.url} is down")
+        probe = await transport.connection.channel()
+        try:
+            await probe.queue_declare(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            probe = await transport.connection.channel()
+            await probe.queue_declare(queue, durable=True)
+        finally:
+            if not probe.is_closed:
+                await probe.close()
 
     # -- cleanup -------------------------------------------------------------------------
 
