@@ -205,11 +205,16 @@ class RmqServerTransport:
             self._link.settle(message.channel, message.delivery_tag or 0, False)
 
     async def _reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        """Publish a reply; while the channel is being restored, wait (``connect_timeout``)
+        for it: our consumer is back before the link is marked ready, so a request can be
+        handled, and answered, in between."""
         link = self._link
-        if link is None or not link.ready.is_set():
-            log.debug("dropping a reply: the RabbitMQ channel is down")
+        if link is None:
+            log.debug("dropping a reply: the RabbitMQ server is closed")
             return
         try:
+            if not link.ready.is_set():
+                await link.wait_ready()
             link.publish(reply_to, body, Properties(correlation_id))
         except TransportError as exc:  # the caller's request failed with the connection
             log.debug("dropping a reply: %s", exc)
