@@ -118,7 +118,7 @@ async def test_durable_events_survive_broker_restarts(private_node: str, queue: 
     async with create_client(url) as client:
         publishing = asyncio.gather(*(publisher(client, n) for n in range(PUBLISHERS)))
         restarts = asyncio.create_task(restarter())
-        await publishing
+        await asyncio.wait_for(publishing, 300)  # an emit waits at most connect_timeout
         restarted = await asyncio.wait_for(restarts, 180)
         assert restarted == len(RESTART_AT), "publishing outran the restarts"
     async with app:
