@@ -503,6 +503,25 @@ async def test_dead_letter_republishes_the_message_as_it_arrived(
         assert await ready_count(amqp, queue) == 0  # the original was acked
 
 
+async def test_dead_letter_declares_a_deleted_queue_again(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue, no_ack="false")
+    app = Microservice(url)
+
+    async with dead_letter_queue(amqp, queue) as dlq:
+
+        @app.event_pattern("bad")
+        async def bad(n: int, ctx: RmqContext) -> None:
+            await ctx.dead_letter(dlq, ValueError(f"bad {n}"))
+
+        async with app, create_client(url) as client:
+            await client.emit("bad", 1)
+            assert (await _get(amqp, dlq)).headers[DEAD_LETTER_ERROR] == "ValueError: bad 1"
+            async with raw_channel(amqp) as channel:
+                await channel.queue_delete(dlq)
+            await client.emit("bad", 2)
+            assert (await _get(amqp, dlq)).headers[DEAD_LETTER_ERROR] == "ValueError: bad 2"
+
+
 async def test_dead_letter_to_a_queue_that_cannot_take_it_is_a_transport_error(
     amqp: str, queue: str
 ) -> None:

@@ -47,9 +47,6 @@ async def dead_letter(
     return once the broker confirmed it; ``TransportError`` when it could not."""
     props = dead_letter_properties(delivered.header.properties, origin, error)
     try:
-        raw = await link.confirm_channel(destination)
-        await raw.basic_publish(
-            delivered.body, exchange="", routing_key=destination, properties=props, mandatory=True
-        )
+        await link.publish_to_queue(destination, delivered.body, props)
     except connection_errors() as exc:
         raise transport_error(f"dead-lettering to queue {destination!r}", exc) from exc

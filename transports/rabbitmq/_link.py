@@ -232,10 +232,24 @@ class Link:
             body, routing_key=routing_key, properties=props.to_pamqp(), mandatory=False
         )
 
-    async def confirm_channel(self, queue: str) -> Any:
-        """The aiormq channel of a second channel, in confirm mode, opened on first use, on
-        which ``queue`` exists (declared durable if missing): for the rare publish that
-        must be confirmed on a link whose main channel does not confirm."""
+    async def publish_to_queue(self, queue: str, body: bytes, properties: Any) -> None:
+        """Publish to ``queue`` (declared durable if missing) and wait for the broker's
+        confirm, on a second channel in confirm mode opened on first use: for the rare
+        publish that must be confirmed on a link whose main channel does not confirm. A
+        queue deleted since we declared it is declared again (its publish came back)."""
+        from aiormq.abc import DeliveredMessage
+
+        for _attempt in range(2):
+            raw = await self._confirm_channel(queue)
+            confirmed = await raw.basic_publish(
+                body, exchange="", routing_key=queue, properties=properties, mandatory=True
+            )
+            if not isinstance(confirmed, DeliveredMessage):  # not returned: the queue has it
+                return
+            self._declared.discard(queue)
+        raise TransportError(f"RabbitMQ returned a publish to queue {queue!r} (no such queue)")
+
+    async def _confirm_channel(self, queue: str) -> Any:
         await self.wait_ready()
         channel, connection = self._confirming, self.connection
         if connection is None:
