@@ -133,6 +133,23 @@ def test_options_from_url() -> None:
     assert "s3cret" not in repr(transport) and "***" in repr(transport)
 
 
+def test_publisher_confirms_follow_persistence_unless_given() -> None:
+    base = "amqp://127.0.0.1/?queue=q"
+    assert RmqOptions.from_url(base).confirms is False
+    assert RmqOptions.from_url(f"{base}&persistent=true").confirms is True
+    assert RmqOptions.from_url(f"{base}&persistent=true&publisher_confirms=false").confirms is False
+    assert RmqOptions.from_url(f"{base}&publisher_confirms=true").confirms is True
+
+
+async def test_persistent_publishes_are_confirmed(amqp: str, queue: str) -> None:
+    async with create_client(with_queue(amqp, queue, persistent="true")) as client:
+        transport = client.transport
+        assert isinstance(transport, RmqClientTransport) and transport._link is not None
+        assert transport._link.raw.publisher_confirms
+        await client.emit("evt", 1)  # resolved by the broker's confirm
+    assert await ready_count(amqp, queue) == 1
+
+
 def test_options_from_url_rejects_bad_values() -> None:
     with pytest.raises(ConfigError):
         RmqOptions.from_url("amqp://localhost/?queue=q&prefetch_count=lots")
