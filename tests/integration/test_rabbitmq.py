@@ -150,6 +150,19 @@ async def test_persistent_publishes_are_confirmed(amqp: str, queue: str) -> None
     assert await ready_count(amqp, queue) == 1
 
 
+async def test_a_persistent_publish_the_broker_refuses_fails(amqp: str, queue: str) -> None:
+    full = {"max_length": 1, "overflow": "reject-publish"}  # a full queue nacks publishes
+    url = with_queue(amqp, queue, persistent="true")
+    async with create_client(url, queue_options=full) as client:
+        await client.emit("evt", 1)
+        with pytest.raises(TransportError, match="publish failed"):
+            await client.emit("evt", 2)
+        with pytest.raises(TransportError):
+            await client.send("echo", 3, timeout=5)
+        assert client.status.value == "connected"
+    assert await ready_count(amqp, queue) == 1
+
+
 def test_options_from_url_rejects_bad_values() -> None:
     with pytest.raises(ConfigError):
         RmqOptions.from_url("amqp://localhost/?queue=q&prefetch_count=lots")

@@ -26,8 +26,8 @@ class Link:
     ``on_lost(exc)`` runs when the channel closes without us asking (connection drop,
     channel error); ``on_restored(raw)`` after the channel was reopened (queue declared,
     qos set): consumers are re-registered there before the link is marked ready again.
-    With ``confirm`` the channel is in confirm mode and every publish must go through
-    :meth:`publish_confirmed` (aiormq counts the delivery tags the broker confirms).
+    With ``confirm`` the channel is in confirm mode and every publish on it must go through
+    :meth:`publish_confirmed` (which counts the delivery tags the broker confirms).
     """
 
     def __init__(
@@ -54,6 +54,7 @@ class Link:
         self._out: list[bytes] = []
         self._out_drain: asyncio.Future[None] | None = None
         self._draining: set[asyncio.Future[None]] = set()
+        self._confirming_publishes: set[asyncio.Future[Any]] = set()
         self._method_cache: dict[str, bytes] = {}
         self._url = options.urls[0]
         self._confirming: aio_pika.abc.AbstractRobustChannel | None = None
@@ -114,7 +115,7 @@ class Link:
         was_ready = self.ready.is_set()
         self.ready.clear()
         self._out.clear()
-        self._fail_drains()
+        self._fail_waiters()
         if was_ready and not self.closing:
             self._on_lost(exc)
 
@@ -123,12 +124,14 @@ class Link:
             return TransportError("RabbitMQ transport closed")
         return TransportError(f"RabbitMQ connection to {self.url} was lost")
 
-    def _fail_drains(self) -> None:
-        pending = list(self._draining)
+    def _fail_waiters(self) -> None:
+        """Fail the futures of writes and confirms the closed channel will never resolve."""
+        pending: list[asyncio.Future[Any]] = [*self._draining, *self._confirming_publishes]
         if self._out_drain is not None:
             pending.append(self._out_drain)
             self._out_drain = None
         self._draining.clear()
+        self._confirming_publishes.clear()
         for fut in pending:
             if not fut.done():
                 fut.set_exception(self._lost_error())
@@ -226,11 +229,21 @@ class Link:
         except asyncio.QueueFull:
             asyncio.get_running_loop().create_task(queue.put(frame))
 
-    async def publish_confirmed(self, routing_key: str, body: bytes, props: Properties) -> None:
-        """The aiormq path: waits for the broker's confirm when the channel confirms."""
-        await self.raw.basic_publish(
-            body, routing_key=routing_key, properties=props.to_pamqp(), mandatory=False
-        )
+    def publish_confirmed(
+        self, routing_key: str, body: bytes, props: Properties
+    ) -> asyncio.Future[Any]:
+        """:meth:`publish`, on a channel in confirm mode, returning the future of the
+        broker's confirm. Only this path publishes on that channel, so its delivery tags
+        are ours to count; aiormq resolves the future when the ack (or nack: an error)
+        arrives, and a channel that closes first fails it."""
+        raw = self.raw
+        self.publish(routing_key, body, props)
+        raw.delivery_tag += 1
+        confirmation: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        raw.confirmations[raw.delivery_tag] = confirmation
+        self._confirming_publishes.add(confirmation)
+        confirmation.add_done_callback(self._confirming_publishes.discard)
+        return confirmation
 
     async def publish_to_queue(self, queue: str, body: bytes, properties: Any) -> None:
         """Publish to ``queue`` (declared durable if missing) and wait for the broker's
@@ -310,4 +323,4 @@ class Link:
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
-        self._fail_drains()
+        self._fail_waiters()
