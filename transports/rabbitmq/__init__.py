@@ -9,9 +9,10 @@ Built on aio-pika's robust connection (reconnects with backoff and reopens the c
 the queue declaration and our consumers are restored on the new channel). The hot path
 talks to aio-pika's underlying aiormq channel: publishes are marshalled with pamqp and
 written through the channel's connection write queue, every publish made in one
-event-loop iteration in one write (corking). A durable configuration (``persistent``
-messages) publishes with publisher confirms instead, so ``emit()``/``send()`` resolve only
-once the broker has the message (``publisher_confirms=false`` opts out); consumers are
+event-loop iteration in one write (corking). In a durable configuration (``persistent``
+messages) the channel is in confirm mode and each publish also waits for the broker's
+confirm, so ``emit()``/``send()`` resolve only once the broker has the message
+(``publisher_confirms=false`` opts out). Consumers are
 plain aiormq consumers that get the raw ``DeliveredMessage`` (the aio-pika
 ``IncomingMessage`` is built only if a handler asks for ``context.message``).
 
