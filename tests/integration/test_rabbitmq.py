@@ -24,7 +24,7 @@ from polybus import (
     TransportError,
     create_client,
 )
-from polybus.packets import DEADLINE_HEADER
+from polybus.packets import DEAD_LETTER_ERROR, DEAD_LETTER_ORIGIN, DEADLINE_HEADER
 from polybus.testing.brokers import broker_url
 from polybus.transports.rabbitmq import (
     RmqClientTransport,
@@ -130,6 +130,36 @@ def test_options_from_url() -> None:
     assert "s3cret" not in repr(options)
     transport = RmqClientTransport(options, _json())
     assert "s3cret" not in repr(transport) and "***" in repr(transport)
+
+
+def test_publisher_confirms_follow_persistence_unless_given() -> None:
+    base = "amqp://127.0.0.1/?queue=q"
+    assert RmqOptions.from_url(base).confirms is False
+    assert RmqOptions.from_url(f"{base}&persistent=true").confirms is True
+    assert RmqOptions.from_url(f"{base}&persistent=true&publisher_confirms=false").confirms is False
+    assert RmqOptions.from_url(f"{base}&publisher_confirms=true").confirms is True
+
+
+async def test_persistent_publishes_are_confirmed(amqp: str, queue: str) -> None:
+    async with create_client(with_queue(amqp, queue, persistent="true")) as client:
+        transport = client.transport
+        assert isinstance(transport, RmqClientTransport) and transport._link is not None
+        assert transport._link.raw.publisher_confirms
+        await client.emit("evt", 1)  # resolved by the broker's confirm
+    assert await ready_count(amqp, queue) == 1
+
+
+async def test_a_persistent_publish_the_broker_refuses_fails(amqp: str, queue: str) -> None:
+    full = {"max_length": 1, "overflow": "reject-publish"}  # a full queue nacks publishes
+    url = with_queue(amqp, queue, persistent="true")
+    async with create_client(url, queue_options=full) as client:
+        await client.emit("evt", 1)
+        with pytest.raises(TransportError, match="publish failed"):
+            await client.emit("evt", 2)
+        with pytest.raises(TransportError):
+            await client.send("echo", 3, timeout=5)
+        assert client.status.value == "connected"
+    assert await ready_count(amqp, queue) == 1
 
 
 def test_options_from_url_rejects_bad_values() -> None:
@@ -393,6 +423,172 @@ async def test_manual_ack_settles_each_message_once(amqp: str, queue: str) -> No
     # after the server is gone, nothing went back to the queue (no requeue, nothing unacked)
     assert await ready_count(amqp, queue) == 0
     assert sorted(calls) == ["boom", "ok", "ok", "self_ack", "self_ack"]
+
+
+async def _inject_request(channel: Any, queue: str, reply_to: str, data: Any = None) -> None:
+    """A request as a NestJS client sends it, answered to ``reply_to``."""
+    request_id = uuid.uuid4().hex
+    body = orjson.dumps({"pattern": "echo", "data": data, "id": request_id})
+    await channel.default_exchange.publish(
+        aio_pika.Message(body, correlation_id=request_id, reply_to=reply_to), routing_key=queue
+    )
+
+
+UNREPLYABLE = {
+    "garbled direct reply-to": "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAxMzI4NjQ1NQ-garbled",
+    "missing queue": f"pbtest-missing-{uuid.uuid4().hex[:12]}",
+}
+
+
+@pytest.mark.parametrize("reply_to", list(UNREPLYABLE.values()), ids=list(UNREPLYABLE))
+async def test_a_request_whose_reply_cannot_be_delivered_is_settled(
+    amqp: str, queue: str, reply_to: str
+) -> None:
+    url = with_queue(amqp, queue, no_ack="false", prefetch_count=1)
+    async with echo_app(url), raw_channel(amqp) as channel:
+        await _inject_request(channel, queue, reply_to)
+        async with create_client(url) as client:  # prefetch 1: answered only once it is settled
+            assert await client.send("echo", "next", timeout=10) == "next"
+    assert await ready_count(amqp, queue) == 0  # settled, not requeued when the server left
+
+
+async def test_poison_replies_do_not_fill_the_prefetch_window(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue, no_ack="false", prefetch_count=10)
+    async with echo_app(url), raw_channel(amqp) as channel:
+        reply_tos = list(UNREPLYABLE.values())
+        for n in range(100):
+            await _inject_request(channel, queue, reply_tos[n % len(reply_tos)], n)
+        async with create_client(url) as client:
+            assert await client.send("echo", "good", timeout=15) == "good"
+        async with raw_channel(amqp) as probe:
+            declared = await probe.declare_queue(queue, passive=True)
+            assert declared.declaration_result.message_count == 0
+    assert await ready_count(amqp, queue) == 0
+
+
+# -- dead-lettering -----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def dead_letter_queue(amqp: str, queue: str) -> AsyncIterator[str]:
+    name = f"{queue}-dlq"
+    try:
+        yield name
+    finally:
+        async with raw_channel(amqp) as channel:
+            await channel.queue_delete(name)
+
+
+async def _get(amqp: str, queue: str, timeout: float = 10.0) -> Any:
+    """The next message of ``queue`` (acked), waiting for the queue to exist and fill."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        async with raw_channel(amqp) as channel:
+            with contextlib.suppress(aio_pika.exceptions.ChannelNotFoundEntity):
+                declared = await channel.declare_queue(queue, passive=True)
+                message = await declared.get(no_ack=True, fail=False)
+                if message is not None:
+                    return message
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing arrived in {queue!r}")
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["declared", "existing-with-arguments"])
+async def test_dead_letter_republishes_the_message_as_it_arrived(
+    amqp: str, queue: str, existing: bool
+) -> None:
+    url = with_queue(amqp, queue, no_ack="false")
+    app = Microservice(url)
+
+    async with dead_letter_queue(amqp, queue) as dlq:
+
+        @app.event_pattern("bad")
+        async def bad(data: Any, ctx: RmqContext) -> None:
+            await ctx.dead_letter(dlq, ValueError("no good"))
+
+        if existing:  # declared by someone else, with arguments: used as it is
+            async with raw_channel(amqp) as channel:
+                await channel.declare_queue(dlq, durable=True, arguments={"x-max-length": 99})
+        body = orjson.dumps({"pattern": "bad", "data": {"n": 1}})
+        async with app, raw_channel(amqp) as channel:
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    body,
+                    headers={"h": "v"},
+                    priority=3,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id="m-1",
+                    content_type="application/json",
+                ),
+                routing_key=queue,
+            )
+            message = await _get(amqp, dlq)
+        assert message.body == body
+        assert message.headers == {"h": "v", DEAD_LETTER_ERROR: "ValueError: no good",
+                                   DEAD_LETTER_ORIGIN: queue}  # fmt: skip
+        assert message.priority == 3 and message.message_id == "m-1"
+        assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert message.content_type == "application/json"
+        assert await ready_count(amqp, queue) == 0  # the original was acked
+
+
+async def test_dead_letter_declares_a_deleted_queue_again(amqp: str, queue: str) -> None:
+    url = with_queue(amqp, queue, no_ack="false")
+    app = Microservice(url)
+
+    async with dead_letter_queue(amqp, queue) as dlq:
+
+        @app.event_pattern("bad")
+        async def bad(n: int, ctx: RmqContext) -> None:
+            await ctx.dead_letter(dlq, ValueError(f"bad {n}"))
+
+        async with app, create_client(url) as client:
+            await client.emit("bad", 1)
+            assert (await _get(amqp, dlq)).headers[DEAD_LETTER_ERROR] == "ValueError: bad 1"
+            async with raw_channel(amqp) as channel:
+                await channel.queue_delete(dlq)
+            await client.emit("bad", 2)
+            assert (await _get(amqp, dlq)).headers[DEAD_LETTER_ERROR] == "ValueError: bad 2"
+
+
+async def test_dead_letter_to_a_queue_that_cannot_take_it_is_a_transport_error(
+    amqp: str, queue: str
+) -> None:
+    url = with_queue(amqp, queue, no_ack="false")
+    app = echo_app(url)
+    errors: list[BaseException] = []
+
+    @app.event_pattern("bad")
+    async def bad(data: Any, ctx: RmqContext) -> None:
+        try:
+            await ctx.dead_letter("amq.reserved-name", ValueError("no good"))
+        except TransportError as exc:
+            errors.append(exc)
+
+    async with app, create_client(url) as client:
+        await client.emit("bad", {})
+        await wait_for(lambda: bool(errors))
+        assert await client.send("echo", "still serving") == "still serving"
+
+
+async def test_broker_side_dead_lettering_of_rejected_messages(amqp: str, queue: str) -> None:
+    async with dead_letter_queue(amqp, queue) as dlq:
+        queue_options = {"dead_letter_exchange": "", "dead_letter_routing_key": dlq}
+        app = Microservice(with_queue(amqp, queue, no_ack="false"), queue_options=queue_options)
+
+        @app.event_pattern("bad")
+        def bad(data: Any) -> None:
+            raise ValueError("no good")
+
+        async with raw_channel(amqp) as channel:
+            await channel.declare_queue(dlq, durable=True)
+        async with app, raw_channel(amqp) as channel:
+            body = orjson.dumps({"pattern": "bad", "data": 1})
+            await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
+            message = await _get(amqp, dlq)
+        assert message.body == body
+        death = message.headers["x-death"][0]
+        assert death["reason"] == "rejected" and death["queue"] == queue
 
 
 async def test_accepted_events_survive_a_server_crash(amqp: str, queue: str) -> None:

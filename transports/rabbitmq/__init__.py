@@ -9,10 +9,12 @@ Built on aio-pika's robust connection (reconnects with backoff and reopens the c
 the queue declaration and our consumers are restored on the new channel). The hot path
 talks to aio-pika's underlying aiormq channel: publishes are marshalled with pamqp and
 written through the channel's connection write queue, every publish made in one
-event-loop iteration in one write (corking), without publisher confirms unless the
-``publisher_confirms`` option asks for them; consumers are plain aiormq consumers that get
-the raw ``DeliveredMessage`` (the aio-pika ``IncomingMessage`` is built only if a handler
-asks for ``context.message``).
+event-loop iteration in one write (corking). In a durable configuration (``persistent``
+messages) the channel is in confirm mode and each publish also waits for the broker's
+confirm, so ``emit()``/``send()`` resolve only once the broker has the message
+(``publisher_confirms=false`` opts out). Consumers are
+plain aiormq consumers that get the raw ``DeliveredMessage`` (the aio-pika
+``IncomingMessage`` is built only if a handler asks for ``context.message``).
 
 URL: ``amqp://user:pass@host:5672/vhost?queue=orders&prefetch_count=50&no_ack=false``;
 ``amqps://`` takes ``ca_file``/``cert_file``/``key_file`` (also ``ca``/``cert``/``key``).

@@ -51,6 +51,7 @@ class RmqClientTransport:
             self._lost,
             self._consume_replies,
             self._reconnected,
+            confirm=self.options.confirms,
         )
         await link.open()
         self._link = link
@@ -132,16 +133,14 @@ class RmqClientTransport:
         """Publish to the service queue once the link is up (confirmed when configured)."""
         if not link.ready.is_set():
             await link.wait_ready()
-        if self.options.publisher_confirms:
-            await self._confirmed(link, body, props)
-        else:
+        if not link.confirm:
             link.publish(self.options.queue, body, props)
-        await link.drain()
-
-    async def _confirmed(self, link: Link, body: bytes, props: Properties) -> None:
-        try:
-            await link.publish_confirmed(self.options.queue, body, props)
-        except connection_errors() as exc:
+            await link.drain()
+            return
+        confirmation = link.publish_confirmed(self.options.queue, body, props)
+        try:  # a confirm implies the write; a write that fails closes the channel: fails it
+            await confirmation
+        except connection_errors() as exc:  # nacked
             raise transport_error("publish", exc) from exc
 
     async def close(self) -> None:

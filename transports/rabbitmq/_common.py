@@ -29,6 +29,7 @@ FEATURES = Features(
     competing_consumers=True,
     durable_events=True,
     headers=True,
+    dead_letter=True,
     isolation_option="queue",
     durable_options={"no_ack": False, "persistent": True},
 )

@@ -4,12 +4,9 @@ the hot spot of a publish), content bodies and ``basic.ack``/``basic.nack``."""
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from polybus.errors import ProtocolError
-
-if TYPE_CHECKING:
-    from pamqp.commands import Basic
 
 __all__ = ["Properties", "append_body_frames", "settle_frame"]
 
@@ -73,18 +70,6 @@ class Properties:
             parts.append(_short(self.expiration))
         payload = _HEADER_FIXED.pack(60, 0, body_size, flags) + b"".join(parts)
         return _FRAME_HEAD.pack(2, channel, len(payload)) + payload + _FRAME_END
-
-    def to_pamqp(self) -> Basic.Properties:
-        from pamqp.commands import Basic
-
-        return Basic.Properties(
-            correlation_id=self.correlation_id,
-            reply_to=self.reply_to,
-            delivery_mode=self.delivery_mode,
-            priority=self.priority,
-            expiration=self.expiration,
-            headers=self.headers,
-        )
 
 
 def append_body_frames(out: list[bytes], channel: int, body: bytes, frame_max: int) -> None:

@@ -26,6 +26,8 @@ class Link:
     ``on_lost(exc)`` runs when the channel closes without us asking (connection drop,
     channel error); ``on_restored(raw)`` after the channel was reopened (queue declared,
     qos set): consumers are re-registered there before the link is marked ready again.
+    With ``confirm`` the channel is in confirm mode and every publish on it must go through
+    :meth:`publish_confirmed` (which counts the delivery tags the broker confirms).
     """
 
     def __init__(
@@ -35,8 +37,11 @@ class Link:
         on_lost: Callable[[BaseException | None], None],
         on_restored: Callable[[Any], Awaitable[None]],
         on_ready: Callable[[], None] | None = None,
+        *,
+        confirm: bool = False,
     ) -> None:
         self.options = options
+        self.confirm = confirm
         self._prefetch = prefetch
         self._on_lost = on_lost
         self._on_restored = on_restored
@@ -49,8 +54,11 @@ class Link:
         self._out: list[bytes] = []
         self._out_drain: asyncio.Future[None] | None = None
         self._draining: set[asyncio.Future[None]] = set()
+        self._confirming_publishes: set[asyncio.Future[Any]] = set()
         self._method_cache: dict[str, bytes] = {}
         self._url = options.urls[0]
+        self._confirming: aio_pika.abc.AbstractRobustChannel | None = None
+        self._declared: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -80,9 +88,7 @@ class Link:
         else:
             raise TransportError(f"cannot connect to RabbitMQ: {'; '.join(errors)}")
         try:
-            channel = self.channel = self.connection.channel(
-                publisher_confirms=options.publisher_confirms
-            )
+            channel = self.channel = self.connection.channel(publisher_confirms=self.confirm)
             await channel.initialize()
             await channel.set_qos(
                 prefetch_count=self._prefetch, global_=options.is_global_prefetch_count
@@ -109,7 +115,7 @@ class Link:
         was_ready = self.ready.is_set()
         self.ready.clear()
         self._out.clear()
-        self._fail_drains()
+        self._fail_waiters()
         if was_ready and not self.closing:
             self._on_lost(exc)
 
@@ -118,12 +124,14 @@ class Link:
             return TransportError("RabbitMQ transport closed")
         return TransportError(f"RabbitMQ connection to {self.url} was lost")
 
-    def _fail_drains(self) -> None:
-        pending = list(self._draining)
+    def _fail_waiters(self) -> None:
+        """Fail the futures of writes and confirms the closed channel will never resolve."""
+        pending: list[asyncio.Future[Any]] = [*self._draining, *self._confirming_publishes]
         if self._out_drain is not None:
             pending.append(self._out_drain)
             self._out_drain = None
         self._draining.clear()
+        self._confirming_publishes.clear()
         for fut in pending:
             if not fut.done():
                 fut.set_exception(self._lost_error())
@@ -221,11 +229,70 @@ class Link:
         except asyncio.QueueFull:
             asyncio.get_running_loop().create_task(queue.put(frame))
 
-    async def publish_confirmed(self, routing_key: str, body: bytes, props: Properties) -> None:
-        """The aiormq path: waits for the broker's confirm when the channel confirms."""
-        await self.raw.basic_publish(
-            body, routing_key=routing_key, properties=props.to_pamqp(), mandatory=False
-        )
+    def publish_confirmed(
+        self, routing_key: str, body: bytes, props: Properties
+    ) -> asyncio.Future[Any]:
+        """:meth:`publish`, on a channel in confirm mode, returning the future of the
+        broker's confirm. Only this path publishes on that channel, so its delivery tags
+        are ours to count; aiormq resolves the future when the ack (or nack: an error)
+        arrives, and a channel that closes first fails it."""
+        raw = self.raw
+        self.publish(routing_key, body, props)
+        raw.delivery_tag += 1
+        confirmation: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        raw.confirmations[raw.delivery_tag] = confirmation
+        self._confirming_publishes.add(confirmation)
+        confirmation.add_done_callback(self._confirming_publishes.discard)
+        return confirmation
+
+    async def publish_to_queue(self, queue: str, body: bytes, properties: Any) -> None:
+        """Publish to ``queue`` (declared durable if missing) and wait for the broker's
+        confirm, on a second channel in confirm mode opened on first use: for the rare
+        publish that must be confirmed on a link whose main channel does not confirm. A
+        queue deleted since we declared it is declared again (its publish came back)."""
+        from aiormq.abc import DeliveredMessage
+
+        for _attempt in range(2):
+            raw = await self._confirm_channel(queue)
+            confirmed = await raw.basic_publish(
+                body, exchange="", routing_key=queue, properties=properties, mandatory=True
+            )
+            if not isinstance(confirmed, DeliveredMessage):  # not returned: the queue has it
+                return
+            self._declared.discard(queue)
+        raise TransportError(f"RabbitMQ returned a publish to queue {queue!r} (no such queue)")
+
+    async def _confirm_channel(self, queue: str) -> Any:
+        await self.wait_ready()
+        channel, connection = self._confirming, self.connection
+        if connection is None:
+            raise TransportError("RabbitMQ transport is closed")
+        if channel is None or channel.is_closed:
+            channel = self._confirming = connection.channel(publisher_confirms=True)
+            await channel.initialize()
+            self._declared.clear()
+        if queue not in self._declared:
+            await self._declare_if_missing(queue)
+            self._declared.add(queue)
+        return await channel.get_underlay_channel()
+
+    async def _declare_if_missing(self, queue: str) -> None:
+        """Declare ``queue`` durable unless it exists (whatever its arguments), on throwaway
+        aiormq channels: the broker closes the channel a failed passive declare ran on."""
+        import aiormq
+
+        transport = self.connection.transport if self.connection else None
+        if transport is None:
+            raise TransportError(f"RabbitMQ connection to {self.url} is down")
+        probe = await transport.connection.channel()
+        try:
+            await probe.queue_declare(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            probe = await transport.connection.channel()
+            await probe.queue_declare(queue, durable=True)
+        finally:
+            if not probe.is_closed:
+                await probe.close()
 
     # -- cleanup -------------------------------------------------------------------------
 
@@ -256,4 +323,4 @@ class Link:
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
-        self._fail_drains()
+        self._fail_waiters()

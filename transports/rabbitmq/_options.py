@@ -59,8 +59,12 @@ class RmqOptions(TransportOptions):
     persistent: bool = False
     headers: dict[str, str] | None = None
     reply_queue: str = DIRECT_REPLY_TO
-    publisher_confirms: bool = False
-    """Wait for the broker's confirm on every publish (slower; off like NestJS)."""
+    publisher_confirms: bool | None = None
+    """Client: wait for the broker's confirm on every publish, so that ``emit()``/``send()``
+    resolve only once the broker has the message. ``None`` (default): confirm exactly when
+    ``persistent`` is on (a durable configuration; unconfirmed, a broker restart loses
+    events ``emit()`` reported sent). ``False`` opts out (NestJS's behaviour, faster);
+    ``True`` confirms non-persistent messages too."""
     heartbeat: int = 5
     reconnect_interval: float = 1.0
     connect_timeout: float = 10.0
@@ -126,6 +130,13 @@ class RmqOptions(TransportOptions):
                 raise ConfigError(f"unknown RabbitMQ queue option {key!r}")
         arguments.update(shorthand)
         return flags["durable"], flags["exclusive"], flags["auto_delete"], arguments or None
+
+    @property
+    def confirms(self) -> bool:
+        """Whether the client's publishes wait for the broker's confirm."""
+        if self.publisher_confirms is None:
+            return self.persistent
+        return self.publisher_confirms
 
     def client_ssl(self) -> ssl.SSLContext | None:
         if self.ssl_context is not None:

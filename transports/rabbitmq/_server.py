@@ -13,6 +13,7 @@ from polybus.packets import Reply, decode_incoming, encode_reply, parse_deadline
 from polybus.serializers import Serializer
 
 from ._common import DEFAULT_SERVER_PREFETCH, FEATURES, connection_errors, log, transport_error
+from ._dead_letter import dead_letter
 from ._frames import Properties
 from ._link import Link
 from ._options import RmqOptions
@@ -98,6 +99,16 @@ class RmqContext(Context):
     async def settle(self, ok: bool) -> None:
         if self._claim():
             await self._settle(ok, False)
+
+    async def dead_letter(self, destination: str, error: BaseException) -> None:
+        """Publish this message as it arrived, with ``x-polybus-error`` and
+        ``x-polybus-origin`` (the service queue) headers, to the durable queue
+        ``destination`` through the default exchange, confirmed by the broker."""
+        server = self._server
+        link = server._link
+        if link is None:
+            raise TransportError("RabbitMQ server is closed")
+        await dead_letter(link, self.delivered, server.options.queue, destination, error)
 
     async def send_reply(self, reply: Reply) -> None:
         reply_to = self.reply_to
@@ -194,11 +205,16 @@ class RmqServerTransport:
             self._link.settle(message.channel, message.delivery_tag or 0, False)
 
     async def _reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        """Publish a reply; while the channel is being restored, wait (``connect_timeout``)
+        for it: our consumer is back before the link is marked ready, so a request can be
+        handled, and answered, in between."""
         link = self._link
-        if link is None or not link.ready.is_set():
-            log.debug("dropping a reply: the RabbitMQ channel is down")
+        if link is None:
+            log.debug("dropping a reply: the RabbitMQ server is closed")
             return
         try:
+            if not link.ready.is_set():
+                await link.wait_ready()
             link.publish(reply_to, body, Properties(correlation_id))
         except TransportError as exc:  # the caller's request failed with the connection
             log.debug("dropping a reply: %s", exc)
