@@ -296,8 +296,9 @@ async def test_replies_as_nestjs_sends_them(amqp: str, queue: str) -> None:
         assert orjson.loads(reply.body) == {"response": 6, "isDisposed": True}  # no id
 
         await call("stream", None, "r2")
-        bodies = [orjson.loads((await asyncio.wait_for(replies.get(), 5)).body) for _ in range(2)]
-        assert bodies == [{"response": 1}, {"response": 2, "isDisposed": True}]
+        # each item as it is yielded, then the completion (NestJS's packets on later ticks)
+        bodies = [orjson.loads((await asyncio.wait_for(replies.get(), 5)).body) for _ in range(3)]
+        assert bodies == [{"response": 1}, {"response": 2}, {"isDisposed": True}]
 
         await call("missing", None, "r3")
         reply = await asyncio.wait_for(replies.get(), 5)
