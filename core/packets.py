@@ -7,6 +7,7 @@ Envelope helpers here are shared by every transport that carries NestJS's JSON e
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ from typing import Any, Final
 
 from .errors import NO_HANDLER_MESSAGE, ProtocolError
 from .serializers import Serializer
+
+log = logging.getLogger("polybus.server")
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -35,6 +38,7 @@ __all__ = [
     "new_id_factory",
     "parse_deadline",
     "parse_deadline_value",
+    "read_incoming",
     "reply_envelope",
 ]
 
@@ -254,6 +258,28 @@ def _read_metadata(value: dict[Any, Any]) -> dict[str, str] | None:
     else:
         return meta  # the usual case, kept as decoded: nothing to drop
     return {k: v for k, v in meta.items() if isinstance(k, str) and isinstance(v, str)} or None
+
+
+def read_incoming(
+    serializer: Serializer,
+    body: bytes | bytearray | memoryview,
+    limit: int,
+    where: str,
+    channel: str | None = None,
+) -> Incoming | None:
+    """The inbound path every server shares: the body's envelope, or ``None`` when it is
+    over ``limit`` bytes or cannot be decoded (logged with ``where`` it came from). The
+    server then settles a ``None`` as its broker allows (reject, term) and goes on."""
+    if len(body) > limit:
+        log.warning(
+            "dropping a %d-byte message on %s: over max_message_bytes=%d", len(body), where, limit
+        )
+        return None
+    try:
+        return decode_incoming(serializer, body, channel)
+    except ProtocolError as exc:
+        log.warning("dropping a malformed message on %s: %s", where, exc)
+        return None
 
 
 def decode_incoming(

@@ -11,19 +11,19 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from polybus.abc import Context
-from polybus.errors import ProtocolError, describe_error
+from polybus.errors import describe_error
 from polybus.packets import (
     DEAD_LETTER_ERROR,
     DEAD_LETTER_ORIGIN,
     Incoming,
     Reply,
-    decode_incoming,
     encode_reply,
     parse_deadline,
+    read_incoming,
 )
 from polybus.serializers import Serializer
 
-from ._common import log, publish_error
+from ._common import publish_error
 from ._jetstream import publish_acknowledged, settle_stream_message
 from ._options import NatsOptions
 
@@ -110,20 +110,7 @@ class NatsContext(Context):
 
 def decode_message(msg: Msg, route: str, serializer: Serializer, limit: int) -> Incoming | None:
     """The message's envelope, or ``None`` (logged) when it is too large or undecodable."""
-    data = msg.data
-    if len(data) > limit:
-        log.warning(
-            "dropping a %d-byte message on %r: above max_message_bytes=%d",
-            len(data),
-            msg.subject,
-            limit,
-        )
-        return None
-    try:
-        return decode_incoming(serializer, data, channel=route)
-    except ProtocolError as exc:
-        log.warning("dropping an undecodable message on %r: %s", msg.subject, exc)
-        return None
+    return read_incoming(serializer, msg.data, limit, repr(msg.subject), channel=route)
 
 
 def deadline_of(msg: Msg, incoming: Incoming) -> float | None:

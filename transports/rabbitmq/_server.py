@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from polybus.abc import Context, MessageSink, RouteSpec
 from polybus.config import redact_url
-from polybus.errors import ProtocolError, TransportError
-from polybus.packets import Reply, decode_incoming, encode_reply, parse_deadline
+from polybus.errors import TransportError
+from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
 from polybus.serializers import Serializer
 
 from ._common import DEFAULT_SERVER_PREFETCH, FEATURES, connection_errors, log, transport_error
@@ -176,14 +176,9 @@ class RmqServerTransport:
             return  # not acked: the broker redelivers it to another consumer
         body = message.body
         options = self.options
-        if len(body) > options.max_message_bytes:
-            log.warning("dropping message of %d bytes: over max_message_bytes", len(body))
-            await self._reject(message)
-            return
-        try:
-            incoming = decode_incoming(self._serializer, body)
-        except ProtocolError as exc:
-            log.warning("dropping malformed message from queue %r: %s", options.queue, exc)
+        where = f"queue {options.queue!r}"
+        incoming = read_incoming(self._serializer, body, options.max_message_bytes, where)
+        if incoming is None:
             await self._reject(message)
             return
         raw_headers = message.header.properties.headers

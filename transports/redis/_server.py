@@ -11,11 +11,10 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from polybus.abc import Context, MessageSink, RouteSpec
-from polybus.errors import ProtocolError
-from polybus.packets import Reply, decode_incoming, encode_reply, parse_deadline
+from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, log
+from ._common import FEATURES
 from ._link import Link
 from ._options import RedisOptions
 
@@ -104,15 +103,9 @@ class RedisServerTransport:
         if pattern is not None:
             name = channel.decode("utf-8", "replace")
             reply_channel = channel + b".reply"
-        if len(body) > self.options.max_message_bytes:
-            log.warning(
-                "dropping a message of %d bytes on %r: over max_message_bytes", len(body), name
-            )
-            return None
-        try:
-            incoming = decode_incoming(self._serializer, body, channel=route)
-        except ProtocolError as exc:
-            log.warning("dropping a malformed message on %r: %s", name, exc)
+        limit = self.options.max_message_bytes
+        incoming = read_incoming(self._serializer, body, limit, repr(name), channel=route)
+        if incoming is None:
             return None
         return sink(
             RedisContext(
