@@ -107,10 +107,13 @@ async def test_nestjs_client_calls_polybus_server(nest_ready: None, url: str, pr
         result = await harness.run_nest_client("KAFKA", nest_env(url, prefix), timeout=90)
         await _wait_for(received, 1)
         await app.transport.delete_resources()  # type: ignore[attr-defined]
-    # NestJS's client parses "10" as text; completion rides on the last item, so no null.
+    # NestJS's client parses "10" as text. Items leave as they are yielded and the
+    # completion travels alone, as a NestJS server sends a stream whose items come on later
+    # ticks: its null value reaches a NestJS caller as one more item (docs/PROTOCOL.md §7.6),
+    # exactly as from a NestJS server.
     assert result == {
         "sum": "10",
-        "stream": ["1", "2", "3"],
+        "stream": ["1", "2", "3", None],
         "fail": {"code": "E_TEST", "message": "boom"},
         "emitted": True,
     }
