@@ -78,6 +78,8 @@ class KafkaServerTransport:
         self._consumer: Any = None
         self._kinds: dict[str, str] = {}
         self._parts: dict[Any, Partition] = {}
+        self._left: dict[Any, tuple[int, int]] = {}
+        """Partition → where this server left it (commit watermark, newest timestamp)."""
         self._commits = Committer(
             self.group_id, options.commit_interval_ms / 1000, lambda: self._consumer
         )
@@ -202,6 +204,8 @@ class KafkaServerTransport:
         parts = [Partition(tp, ordered and self._kinds.get(tp.topic) == "event") for tp in tps]
         for part in parts:
             self._parts[part.tp] = part
+        if self._ready is not None and self._ready.done():
+            await self._resume(consumer, tps)
         # Bounded, like every commit: this runs inside the group's join, and aiokafka retries
         # some errors forever (a topic gone with a broker's data), which would stall the group.
         try:
@@ -235,10 +239,55 @@ class KafkaServerTransport:
         if ready is not None and not ready.done():
             ready.set_result(None)
 
+    async def _resume(self, consumer: Any, tps: list[Any]) -> None:
+        """Where a partition the group has no committed offset for starts, once listen()
+        returned: a broker that came back without its data, or a partition added since.
+
+        Every record of such a log that is newer than what this server last handled on the
+        partition was produced after the server subscribed, so it must be read: the
+        partition starts at the first such record (by timestamp), or where the server left
+        it if that is earlier; a partition the server never had starts at its beginning.
+        The default (``auto_offset_reset="latest"``) would skip every record produced
+        between the broker's return and the group's rejoin."""
+        try:
+            committed = await asyncio.wait_for(
+                asyncio.gather(*(consumer.committed(tp) for tp in tps)), COMMIT_TIMEOUT
+            )
+            fresh = [tp for tp, offset in zip(tps, committed, strict=True) if offset is None]
+            if not fresh:
+                return
+            since = {tp: max(self._left.get(tp, (-1, 0))[1], 0) for tp in fresh}
+            first, end, newer = await asyncio.wait_for(
+                asyncio.gather(
+                    consumer.beginning_offsets(fresh),
+                    consumer.end_offsets(fresh),
+                    consumer.offsets_for_times(since),
+                ),
+                COMMIT_TIMEOUT,
+            )
+        except (Exception, asyncio.TimeoutError) as exc:
+            log.warning("kafka: group %s: start offsets unknown: %r", self.group_id, exc)
+            return
+        for tp in fresh:
+            found = newer.get(tp)
+            start = end[tp] if found is None else found.offset
+            left = self._left.get(tp, (-1, 0))[0]
+            if left >= 0:
+                start = min(start, left)
+            consumer.seek(tp, max(first[tp], start))
+        log.info(
+            "kafka: group %s: no committed offset for %s: read from where this server left",
+            self.group_id,
+            sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh),
+        )
+
     async def _revoke(self, revoked: Any) -> None:
         parts = [self._parts.pop(tp) for tp in list(revoked) if tp in self._parts]
         if not parts:
             return
+        for part in parts:
+            if part.commit_at >= 0:
+                self._left[part.tp] = (part.commit_at, part.newest_timestamp)
         for part in parts:
             part.queue.clear()
             part.notify()
@@ -316,6 +365,7 @@ class KafkaServerTransport:
                 continue
             record = queue.popleft()
             part.pending.append(record.offset)
+            part.newest_timestamp = max(part.newest_timestamp, record.timestamp)
             context = read_record(self, part, record)
             sink = self._sink
             if context is None or sink is None:
