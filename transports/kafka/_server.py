@@ -22,29 +22,24 @@ from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untype
 
 from polybus.abc import MessageSink, RouteSpec
 from polybus.errors import PolybusError, TransportError
-from polybus.packets import Reply
 from polybus.serializers import Serializer
 
 from ._admin import TopicAdmin
 from ._common import (
     CLOSE_TIMEOUT,
-    CORRELATION_ID,
-    DISPOSED_VALUE,
     FEATURES,
-    NEST_ERR,
-    NEST_IS_DISPOSED,
     Codec,
     check_topic,
     close_quietly,
     cluster_reachable,
     fetched_batches,
     log,
-    produce,
     transport_error,
 )
-from ._context import KafkaContext, read_record
+from ._context import read_record
 from ._holes import Holes
 from ._options import KafkaOptions
+from ._outlet import Outlet
 from ._partition import COMMIT_TIMEOUT, Committer, Partition
 
 __all__ = ["KafkaServerTransport"]
@@ -71,10 +66,8 @@ class KafkaServerTransport:
 
     def __init__(self, options: KafkaOptions, serializer: Serializer) -> None:
         self.options = options
-        self._codec = Codec(serializer, options.keep_binary, options.type_hints)
         self._admin = TopicAdmin(options, "server")
         self._sink: MessageSink | None = None
-        self._producer: Any = None
         self._consumer: Any = None
         self._kinds: dict[str, str] = {}
         self._parts: dict[Any, Partition] = {}
@@ -83,6 +76,8 @@ class KafkaServerTransport:
         self._commits = Committer(
             self.group_id, options.commit_interval_ms / 1000, lambda: self._consumer
         )
+        codec = Codec(serializer, options.keep_binary, options.type_hints)
+        self._outlet = Outlet(options, codec, self._admin, self._commits)
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Future[None] | None = None
         self._stopping = False
@@ -125,7 +120,7 @@ class KafkaServerTransport:
         except Exception as exc:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
             raise transport_error(f"connect to {options.describe()}", exc) from exc
-        self._producer = producer
+        self._outlet.producer = producer
         self._consumer = consumer
         consumer.subscribe(topics, listener=_Listener(self))
         self._tasks = [loop.create_task(self._fetch()), loop.create_task(self._watch())]
@@ -164,8 +159,8 @@ class KafkaServerTransport:
 
     async def close(self) -> None:
         await self.stop()
-        consumer, producer = self._consumer, self._producer
-        self._consumer = self._producer = None
+        consumer, producer = self._consumer, self._outlet.producer
+        self._consumer = self._outlet.producer = None
         if consumer is not None:
             if producer is not None:
                 with contextlib.suppress(Exception):
@@ -366,42 +361,14 @@ class KafkaServerTransport:
             record = queue.popleft()
             part.pending.append(record.offset)
             part.newest_timestamp = max(part.newest_timestamp, record.timestamp)
-            context = read_record(self, part, record)
+            event = self._kinds.get(record.topic) == "event"
+            context = read_record(self._outlet, part, record, event)
             sink = self._sink
             if context is None or sink is None:
                 self._commits.finished(part, record.offset)
                 continue
-            if part.ordered:
-                context._done = loop.create_future()
             await sink(context)
-            if context._done is not None:
-                await context._done
-
-    # -- replies ----------------------------------------------------------------------------
-
-    async def _reply(self, context: KafkaContext, topic: str, reply: Reply) -> None:
-        producer = self._producer
-        if producer is None:
-            raise TransportError("kafka server is closed")
-        codec = self._codec
-        key, value, headers, partition, timestamp = codec.message(reply.response, None)
-        headers.append((CORRELATION_ID, context._reply_id))
-        if reply.err:
-            headers.append((NEST_ERR, codec.err_header(reply.err)))
-        if reply.disposed:
-            headers.append((NEST_IS_DISPOSED, DISPOSED_VALUE))
-        if context.reply_partition is not None:
-            partition = context.reply_partition
-        if value is not None:
-            self.options.check_size(value, "reply")
-        future = await produce(
-            producer, topic, key, value, headers, partition, timestamp, action="reply to"
-        )
-        # Delivery is awaited by settle(): the offset is committed once the replies are out.
-        if context._sends is None:
-            context._sends = [future]
-        else:
-            context._sends.append(future)
+            await context.settled()
 
     # -- broker restarts ----------------------------------------------------------------
 
@@ -411,7 +378,7 @@ class KafkaServerTransport:
         lost = False
         while True:
             await asyncio.sleep(_WATCH_INTERVAL)
-            reachable = await cluster_reachable(self._producer)
+            reachable = await cluster_reachable(self._outlet.producer)
             if not reachable:
                 if not lost:
                     lost = True
