@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import uuid
 from collections import Counter
@@ -27,7 +28,8 @@ pytest.importorskip("aiokafka")
 
 from aiokafka import AIOKafkaConsumer
 
-from polybus.transports.kafka import KafkaContext, KafkaOptions
+from polybus.serializers import JSON
+from polybus.transports.kafka import KafkaContext, KafkaOptions, KafkaServerTransport
 from polybus.transports.kafka._partition import Partition
 
 pytestmark = pytest.mark.broker("kafka")
@@ -404,3 +406,15 @@ def test_options_from_url_and_nest() -> None:
     assert nest.consumer_kwargs("server")["group_id"] == "grp-server"
     with pytest.raises(ConfigError):
         KafkaOptions.from_url("kafka://host:notaport")
+
+
+def test_a_group_id_ending_in_the_server_postfix_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="polybus.kafka"):
+        plain = KafkaServerTransport(KafkaOptions(group_id="orders"), JSON)
+        assert not caplog.records
+        doubled = KafkaServerTransport(KafkaOptions(group_id="orders-server"), JSON)
+    assert doubled.group_id == "orders-server-server" and plain.group_id == "orders-server"
+    assert "already ends with '-server'" in caplog.text
+    assert "group_id 'orders' + '-server'" in repr(plain)

@@ -78,6 +78,15 @@ class KafkaServerTransport:
         )
         codec = Codec(serializer, options.keep_binary, options.type_hints)
         self._outlet = Outlet(options, codec, self._admin, self._commits)
+        postfix = options.postfix("server")
+        if postfix and options.group_id.endswith(postfix):
+            log.warning(
+                "kafka: group_id %r already ends with %r, which a server appends (as NestJS"
+                " does): the consumer group is %r",
+                options.group_id,
+                postfix,
+                self.group_id,
+            )
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Future[None] | None = None
         self._stopping = False
@@ -420,7 +429,11 @@ class KafkaServerTransport:
                 await asyncio.wait_for(client.force_metadata_update(), COMMIT_TIMEOUT)
 
     def __repr__(self) -> str:
-        return f"KafkaServerTransport({self.options.describe()}, group={self.group_id!r})"
+        options = self.options
+        return (
+            f"KafkaServerTransport({options.describe()}, group={self.group_id!r}"
+            f" = group_id {options.group_id!r} + {options.postfix('server')!r})"
+        )
 
 
 def _membership_lost(consumer: Any) -> bool:
