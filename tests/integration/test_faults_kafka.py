@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -27,6 +28,7 @@ import pytest
 
 from polybus import Microservice, create_client
 from polybus.errors import PolybusError
+from polybus.testing.brokers import require
 from polybus.transports.kafka import KafkaOptions
 
 pytest.importorskip("aiokafka")
@@ -80,6 +82,8 @@ def memory_tansu() -> Iterator[PrivateTansu]:
 def durable_tansu() -> Iterator[PrivateTansu]:
     # With S3 storage tansu 0.6 stops answering fetches that wait 10 ms (a consumer stalls
     # with records waiting): the default wait is kept.
+    if not (shutil.which("moto_server") or (ROOT / ".venv" / "bin" / "moto_server").exists()):
+        require("a durable tansu stores in a private S3 server: pip install 'moto[server]'")
     broker = PrivateTansu(DURABLE_PORT, "s3://polybus-faults/", 500)
     broker.run("destroy")  # no data of an earlier run
     broker.run("start")
