@@ -25,6 +25,7 @@ from polybus.errors import PolybusError, TransportError
 from polybus.serializers import Serializer
 
 from ._admin import TopicAdmin
+from ._assignor import SERVER_ASSIGNORS
 from ._common import (
     CLOSE_TIMEOUT,
     FEATURES,
@@ -122,7 +123,9 @@ class KafkaServerTransport:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         producer = AIOKafkaProducer(**options.producer_kwargs("server"))
-        consumer = AIOKafkaConsumer(**options.consumer_kwargs("server"))
+        consumer_kwargs = options.consumer_kwargs("server")
+        consumer_kwargs.setdefault("partition_assignment_strategy", SERVER_ASSIGNORS)
+        consumer = AIOKafkaConsumer(**consumer_kwargs)
         try:
             await asyncio.gather(producer.start(), consumer.start())
             await self._wait_metadata(consumer, topics)
