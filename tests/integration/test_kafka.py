@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import uuid
 from collections import Counter
@@ -20,12 +21,15 @@ from typing import Any
 import pytest
 
 from polybus import ConfigError, Context, Microservice, Record, create_client
+from polybus.errors import describe_error
+from polybus.packets import DEAD_LETTER_ERROR, DEAD_LETTER_ORIGIN
 
 pytest.importorskip("aiokafka")
 
 from aiokafka import AIOKafkaConsumer
 
-from polybus.transports.kafka import KafkaContext, KafkaOptions
+from polybus.serializers import JSON
+from polybus.transports.kafka import KafkaContext, KafkaOptions, KafkaServerTransport
 from polybus.transports.kafka._partition import Partition
 
 pytestmark = pytest.mark.broker("kafka")
@@ -291,6 +295,50 @@ async def test_context_and_reply_partition(service: Service, url: str) -> None:
     assert context.record.offset == context.offset
 
 
+async def test_dead_letter_produces_the_record_as_it_arrived(service: Service, url: str) -> None:
+    app = service.build("a")
+    dlq = service.route("dlq")
+    error = ValueError("no such order")
+    taken: list[tuple[int, int]] = []
+    refused: list[BaseException] = []
+
+    @app.event_pattern(service.route("failing"))
+    async def failing(data: Any, ctx: KafkaContext) -> None:
+        taken.append((ctx.partition, ctx.offset))
+        if data == "bad name":
+            with pytest.raises(ConfigError) as info:
+                await ctx.dead_letter("no/such topic", error)
+            refused.append(info.value)
+        await ctx.dead_letter(dlq, error)
+
+    await app.listen()
+    async with create_client(url) as client:
+        await client.emit(service.route("failing"), Record({"n": 1}, key="k1", headers={"h": "v"}))
+        await client.emit(service.route("failing"), "bad name")
+        await _wait(lambda: len(taken) >= 2)
+    netloc = url.split("://", 1)[1].split("?", 1)[0]
+    consumer = AIOKafkaConsumer(dlq, bootstrap_servers=netloc, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        records: list[Any] = []
+        for _ in range(30):
+            batches = await consumer.getmany(timeout_ms=1000)
+            records.extend(r for batch in batches.values() for r in batch)
+            if len(records) >= 2:
+                break
+    finally:
+        await consumer.stop()
+    by_value = {r.value: r for r in records}
+    first = by_value[b'{"n":1}']
+    headers = dict(first.headers)
+    assert first.key == b"k1" and headers["h"] == b"v"
+    assert headers[DEAD_LETTER_ERROR] == describe_error(error).encode()
+    origin = {f"{service.route('failing')}[{p}]@{o}".encode() for p, o in taken}
+    assert headers[DEAD_LETTER_ORIGIN] in origin
+    assert dict(by_value[b"bad name"].headers)[DEAD_LETTER_ORIGIN] in origin
+    assert len(refused) == 1 and len(records) == 2 and len(taken) == 2  # each once
+
+
 async def test_object_patterns_are_a_config_error(url: str, prefix: str) -> None:
     async with create_client(url) as client:
         with pytest.raises(ConfigError, match="Object patterns cannot be used on Kafka"):
@@ -358,3 +406,15 @@ def test_options_from_url_and_nest() -> None:
     assert nest.consumer_kwargs("server")["group_id"] == "grp-server"
     with pytest.raises(ConfigError):
         KafkaOptions.from_url("kafka://host:notaport")
+
+
+def test_a_group_id_ending_in_the_server_postfix_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="polybus.kafka"):
+        plain = KafkaServerTransport(KafkaOptions(group_id="orders"), JSON)
+        assert not caplog.records
+        doubled = KafkaServerTransport(KafkaOptions(group_id="orders-server"), JSON)
+    assert doubled.group_id == "orders-server-server" and plain.group_id == "orders-server"
+    assert "already ends with '-server'" in caplog.text
+    assert "group_id 'orders' + '-server'" in repr(plain)

@@ -35,6 +35,7 @@ from ._common import (
     TYPE_HINT,
     Codec,
     Headers,
+    OutRecord,
     check_topic,
     close_quietly,
     cluster_reachable,
@@ -135,10 +136,11 @@ class KafkaClientTransport:
         if route is None:
             route = await self._prepare(request.route, reply=True, deadline=request.deadline)
         codec = self._codec
-        key, value, headers, partition, timestamp = codec.message(request.data, request.headers)
+        out = codec.message(request.data, request.headers)
         if request.record is not None:
-            key, partition = _record_options(codec, request.record, key, partition)
+            _apply_record_options(codec, request.record, out)
         rid = request.id
+        headers = out.headers
         headers.append((CORRELATION_ID, rid.encode()))
         headers.extend(route.headers)
         if request.deadline is not None:
@@ -146,7 +148,7 @@ class KafkaClientTransport:
         inflight = self._inflight
         inflight[rid] = False
         try:
-            future = await self._produce(route.topic, key, value, headers, partition, timestamp)
+            future = await self._produce(route.topic, out)
         except BaseException:
             inflight.pop(rid, None)
             raise
@@ -161,32 +163,22 @@ class KafkaClientTransport:
         if event.route not in self._topics:
             await self._prepare(event.route, reply=False)
         codec = self._codec
-        key, value, headers, partition, timestamp = codec.message(event.data, event.headers)
+        out = codec.message(event.data, event.headers)
         if event.record is not None:
-            key, partition = _record_options(codec, event.record, key, partition)
-        future = await self._produce(event.route, key, value, headers, partition, timestamp)
+            _apply_record_options(codec, event.record, out)
+        future = await self._produce(event.route, out)
         try:
             await future
         except Exception as exc:
             raise transport_error(f"publish to {event.route!r}", exc) from exc
 
-    async def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers,
-        partition: int | None,
-        timestamp: int | None,
-    ) -> asyncio.Future[Any]:
+    async def _produce(self, topic: str, out: OutRecord) -> asyncio.Future[Any]:
         producer = self._producer
         if producer is None:
             raise TransportError("kafka client is closed")
-        if value is not None:
-            self.options.check_size(value)
-        return await produce(
-            producer, topic, key, value, headers, partition, timestamp, action="send to"
-        )
+        if out.value is not None:
+            self.options.check_size(out.value)
+        return await produce(producer, topic, out, action="send to")
 
     def _delivered(self, rid: str, future: asyncio.Future[Any]) -> None:
         if future.cancelled():
@@ -348,11 +340,8 @@ class KafkaClientTransport:
         return f"KafkaClientTransport({self.options.describe()})"
 
 
-def _record_options(
-    codec: Codec, record: Record, key: bytes | None, partition: int | None
-) -> tuple[bytes | None, int | None]:
+def _apply_record_options(codec: Codec, record: Record, out: OutRecord) -> None:
     if record.key is not None:
-        key = codec.header(record.key)
+        out.key = codec.header(record.key)
     if record.partition is not None:
-        partition = record.partition
-    return key, partition
+        out.partition = record.partition

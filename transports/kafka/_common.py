@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
@@ -27,6 +28,7 @@ __all__ = [
     "REPLY_TOPIC",
     "TYPE_HINT",
     "Codec",
+    "OutRecord",
     "check_topic",
     "close_quietly",
     "cluster_reachable",
@@ -43,6 +45,7 @@ FEATURES: Final = Features(
     object_patterns=False,
     competing_consumers=True,
     durable_events=True,
+    dead_letter=True,
     headers=True,
     isolation_option="group_id",
     # a service whose first instance died before committing still reads what was sent
@@ -93,6 +96,17 @@ def transport_error(action: str, exc: BaseException) -> TransportError | Protoco
 
 
 Headers = list[tuple[str, bytes]]
+
+
+@dataclass
+class OutRecord:
+    """A record to produce: what :meth:`Codec.message` makes of data, before sending."""
+
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: Headers = field(default_factory=list)
+    partition: int | None = None
+    timestamp: int | None = None
 
 
 class Codec:
@@ -209,10 +223,8 @@ class Codec:
             return self._text.dumps(err)
         return self.header(err)
 
-    def message(
-        self, data: Any, headers: Mapping[str, Any] | None
-    ) -> tuple[bytes | None, bytes | None, Headers, int | None, int | None]:
-        """``(key, value, headers, partition, timestamp_ms)`` for ``data``.
+    def message(self, data: Any, headers: Mapping[str, Any] | None) -> OutRecord:
+        """The record for ``data`` (and ``headers``).
 
         Data shaped like a Kafka message (a dict with ``key`` or ``value``) is taken to be
         one, as NestJS does: ``{"key": ..., "value": ..., "headers": {...}, "partition": n}``.
@@ -237,7 +249,7 @@ class Codec:
             out.extend((name, self.header(item)) for name, item in headers.items())
         if self.hints:
             out.append((TYPE_HINT, kind))
-        return key, value, out, partition, timestamp
+        return OutRecord(key, value, out, partition, timestamp)
 
 
 def _utf8(text: str) -> bytes:
@@ -268,23 +280,21 @@ def partition_of(raw: bytes | None) -> int | None:
 
 
 async def produce(
-    producer: Any,
-    topic: str,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Headers,
-    partition: int | None,
-    timestamp: int | None,
-    *,
-    action: str,
+    producer: Any, topic: str, record: OutRecord, *, action: str
 ) -> asyncio.Future[Any]:
-    """Hand one record to aiokafka's ``producer``; the future resolves once the broker
+    """Hand ``record`` to aiokafka's ``producer``; the future resolves once the broker
     has it. A failure to hand it over is a ``TransportError`` saying ``action topic``."""
-    if key is None and value is None:
+    key = record.key
+    if key is None and record.value is None:
         key = b""  # aiokafka refuses a record with neither; NestJS peers ignore the key
     try:
         future: asyncio.Future[Any] = await producer.send(
-            topic, value, key=key, partition=partition, timestamp_ms=timestamp, headers=headers
+            topic,
+            record.value,
+            key=key,
+            partition=record.partition,
+            timestamp_ms=record.timestamp,
+            headers=record.headers,
         )
     except PolybusError:
         raise

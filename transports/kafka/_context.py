@@ -3,27 +3,49 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from polybus.abc import Context
-from polybus.errors import ProtocolError
-from polybus.packets import MISSING, Reply, parse_deadline_value
+from polybus.errors import PolybusError, ProtocolError, describe_error
+from polybus.packets import (
+    DEAD_LETTER_ERROR,
+    DEAD_LETTER_ORIGIN,
+    MISSING,
+    Reply,
+    parse_deadline_value,
+)
 
 from ._common import (
     CORRELATION_ID,
     DEADLINE,
+    DISPOSED_VALUE,
+    NEST_ERR,
+    NEST_IS_DISPOSED,
     REPLY_PARTITION,
     REPLY_TOPIC,
     TYPE_HINT,
+    OutRecord,
     log,
     partition_of,
+    transport_error,
 )
+from ._outlet import Outlet
 from ._partition import Partition
 
-if TYPE_CHECKING:
-    from ._server import KafkaServerTransport
+__all__ = ["KafkaContext", "ReplyTo", "read_record"]
 
-__all__ = ["KafkaContext", "read_record"]
+_DEAD_LETTER_HEADERS = frozenset((DEAD_LETTER_ERROR, DEAD_LETTER_ORIGIN))
+
+
+@dataclass(frozen=True)
+class ReplyTo:
+    """Where a request's reply goes: NestJS's reply topic and partition headers, and the
+    correlation id the reply carries back (as received)."""
+
+    topic: str
+    partition: int | None
+    correlation_id: bytes
 
 
 class KafkaContext(Context):
@@ -38,17 +60,15 @@ class KafkaContext(Context):
     __slots__ = (
         "_done",
         "_headers",
+        "_outlet",
         "_part",
-        "_reply_id",
+        "_reply_to",
         "_sends",
-        "_server",
         "_settled",
         "key",
         "offset",
         "partition",
         "record",
-        "reply_partition",
-        "reply_topic",
         "topic",
     )
     transport_name = "kafka"
@@ -56,39 +76,44 @@ class KafkaContext(Context):
 
     def __init__(
         self,
-        server: KafkaServerTransport,
+        outlet: Outlet,
         part: Partition,
         record: Any,
         data: Any,
         id: Any,
         deadline: float | None,
         key: Any,
-        reply_to: tuple[str, int | None, bytes] | None,
+        reply_to: ReplyTo | None,
     ) -> None:
         super().__init__(record.topic, data, id, None, deadline)
-        self._server = server
+        self._outlet = outlet
         self._part = part
         self._settled = False
         self._sends: list[asyncio.Future[Any]] | None = None
-        self._done: asyncio.Future[None] | None = None
+        self._done: asyncio.Future[None] | None = (
+            asyncio.get_running_loop().create_future() if part.ordered else None
+        )
+        self._reply_to = reply_to
         self.record = record
         self.topic: str = record.topic
         self.partition: int = record.partition
         self.offset: int = record.offset
         self.key = key
-        if reply_to is None:
-            self.reply_topic: str | None = None
-            self.reply_partition: int | None = None
-            self._reply_id = b""
-        else:
-            self.reply_topic, self.reply_partition, self._reply_id = reply_to
+
+    @property
+    def reply_topic(self) -> str | None:
+        return None if self._reply_to is None else self._reply_to.topic
+
+    @property
+    def reply_partition(self) -> int | None:
+        return None if self._reply_to is None else self._reply_to.partition
 
     @property
     def headers(self) -> dict[str, Any]:
         """Every header of the record, decoded on first access."""
         headers = self._headers
         if headers is None:
-            parse = self._server._codec.parse
+            parse = self._outlet.codec.parse
             headers = {str(name): parse(raw) for name, raw in self.record.headers}
             self._headers = headers
         return headers
@@ -98,12 +123,58 @@ class KafkaContext(Context):
         self._headers = value
 
     async def send_reply(self, reply: Reply) -> None:
-        if self.reply_topic is not None:
-            await self._server._reply(self, self.reply_topic, reply)
+        reply_to = self._reply_to
+        if reply_to is None:
+            return
+        codec = self._outlet.codec
+        out = codec.message(reply.response, None)
+        out.headers.append((CORRELATION_ID, reply_to.correlation_id))
+        if reply.err:
+            out.headers.append((NEST_ERR, codec.err_header(reply.err)))
+        if reply.disposed:
+            out.headers.append((NEST_IS_DISPOSED, DISPOSED_VALUE))
+        if reply_to.partition is not None:
+            out.partition = reply_to.partition
+        future = await self._outlet.send(reply_to.topic, out, what="reply")
+        # Delivery is awaited by settle(): the offset is committed once the replies are out.
+        if self._sends is None:
+            self._sends = [future]
+        else:
+            self._sends.append(future)
+
+    async def dead_letter(self, destination: str, error: BaseException) -> None:
+        """Produce this record as it arrived (key, value, headers) to the ``destination``
+        topic, created if missing, with the headers ``x-polybus-error`` and
+        ``x-polybus-origin`` (``topic[partition]@offset``); returns once the broker has it.
+        Settling stays with :meth:`settle`."""
+        record = self.record
+        headers = [(n, v) for n, v in record.headers if n not in _DEAD_LETTER_HEADERS]
+        headers.append((DEAD_LETTER_ERROR, describe_error(error).encode()))
+        headers.append(
+            (DEAD_LETTER_ORIGIN, f"{self.topic}[{self.partition}]@{self.offset}".encode())
+        )
+        out = OutRecord(record.key, record.value, headers)
+        await self._outlet.ensure_topic(destination)
+        future = await self._outlet.send(destination, out, what="dead-letter")
+        try:
+            await future
+        except PolybusError:
+            raise
+        except Exception as exc:
+            raise transport_error(f"dead-letter to {destination!r}", exc) from exc
+
+    async def settled(self) -> None:
+        """Return once :meth:`settle` was called (an ordered partition waits for it)."""
+        if self._done is not None:
+            await self._done
 
     async def settle(self, ok: bool) -> None:
         """The record's handling is over: once its replies are delivered, its offset counts
-        as finished (and is committed with the next batch); an ordered partition goes on."""
+        as finished (and is committed with the next batch); an ordered partition goes on.
+
+        ``ok`` false (rejected: core logged it, or dead-lettered it first) commits too: a
+        Kafka partition cannot skip one record and redeliver it later. A second call is a
+        no-op, so each record is settled exactly once."""
         if self._settled:
             return
         self._settled = True
@@ -136,12 +207,13 @@ class KafkaContext(Context):
                     exc or "cancelled",
                 )
         self._sends = None
-        self._server._commits.finished(self._part, self.offset)
+        self._outlet.commits.finished(self._part, self.offset)
 
 
-def read_record(server: KafkaServerTransport, part: Partition, record: Any) -> KafkaContext | None:
-    """The context of ``record``; ``None`` (logged) when it cannot be decoded."""
-    codec = server._codec
+def read_record(outlet: Outlet, part: Partition, record: Any, event: bool) -> KafkaContext | None:
+    """The context of ``record`` (of an event topic when ``event``: never replied to);
+    ``None`` (logged) when it cannot be decoded."""
+    codec = outlet.codec
     headers: dict[str, bytes | None] = dict(record.headers)  # a repeated header: the last
     rid = headers.get(CORRELATION_ID)
     reply_topic = headers.get(REPLY_TOPIC)
@@ -161,8 +233,8 @@ def read_record(server: KafkaServerTransport, part: Partition, record: Any) -> K
         return None
     reply_to = None
     request_id: Any = MISSING
-    if rid and reply_topic and server._kinds.get(record.topic) != "event":
+    if rid and reply_topic and not event:
         request_id = rid.decode("utf-8", "replace")
         reply_partition = partition_of(headers.get(REPLY_PARTITION))
-        reply_to = (reply_topic.decode("utf-8", "replace"), reply_partition, rid)
-    return KafkaContext(server, part, record, data, request_id, deadline, key, reply_to)
+        reply_to = ReplyTo(reply_topic.decode("utf-8", "replace"), reply_partition, rid)
+    return KafkaContext(outlet, part, record, data, request_id, deadline, key, reply_to)

@@ -31,6 +31,7 @@ class Partition:
         "committed",
         "drained",
         "finished",
+        "newest_timestamp",
         "next_offset",
         "ordered",
         "paused",
@@ -49,6 +50,8 @@ class Partition:
         """Offsets handed to the microservice whose handling is not over, in order."""
         self.finished: set[int] = set()
         """Offsets whose handling is over while an earlier one's is not."""
+        self.newest_timestamp = -1
+        """The newest timestamp (ms) of a record handed to the microservice, -1 before one."""
         self.next_offset = position
         self.commit_at = position
         self.committed = position

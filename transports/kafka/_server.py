@@ -22,29 +22,25 @@ from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untype
 
 from polybus.abc import MessageSink, RouteSpec
 from polybus.errors import PolybusError, TransportError
-from polybus.packets import Reply
 from polybus.serializers import Serializer
 
 from ._admin import TopicAdmin
+from ._assignor import SERVER_ASSIGNORS
 from ._common import (
     CLOSE_TIMEOUT,
-    CORRELATION_ID,
-    DISPOSED_VALUE,
     FEATURES,
-    NEST_ERR,
-    NEST_IS_DISPOSED,
     Codec,
     check_topic,
     close_quietly,
     cluster_reachable,
     fetched_batches,
     log,
-    produce,
     transport_error,
 )
-from ._context import KafkaContext, read_record
+from ._context import read_record
 from ._holes import Holes
 from ._options import KafkaOptions
+from ._outlet import Outlet
 from ._partition import COMMIT_TIMEOUT, Committer, Partition
 
 __all__ = ["KafkaServerTransport"]
@@ -71,16 +67,27 @@ class KafkaServerTransport:
 
     def __init__(self, options: KafkaOptions, serializer: Serializer) -> None:
         self.options = options
-        self._codec = Codec(serializer, options.keep_binary, options.type_hints)
         self._admin = TopicAdmin(options, "server")
         self._sink: MessageSink | None = None
-        self._producer: Any = None
         self._consumer: Any = None
         self._kinds: dict[str, str] = {}
         self._parts: dict[Any, Partition] = {}
+        self._left: dict[Any, tuple[int, int]] = {}
+        """Partition → where this server left it (commit watermark, newest timestamp)."""
         self._commits = Committer(
             self.group_id, options.commit_interval_ms / 1000, lambda: self._consumer
         )
+        codec = Codec(serializer, options.keep_binary, options.type_hints)
+        self._outlet = Outlet(options, codec, self._admin, self._commits)
+        postfix = options.postfix("server")
+        if postfix and options.group_id.endswith(postfix):
+            log.warning(
+                "kafka: group_id %r already ends with %r, which a server appends (as NestJS"
+                " does): the consumer group is %r",
+                options.group_id,
+                postfix,
+                self.group_id,
+            )
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Future[None] | None = None
         self._stopping = False
@@ -116,14 +123,16 @@ class KafkaServerTransport:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         producer = AIOKafkaProducer(**options.producer_kwargs("server"))
-        consumer = AIOKafkaConsumer(**options.consumer_kwargs("server"))
+        consumer_kwargs = options.consumer_kwargs("server")
+        consumer_kwargs.setdefault("partition_assignment_strategy", SERVER_ASSIGNORS)
+        consumer = AIOKafkaConsumer(**consumer_kwargs)
         try:
             await asyncio.gather(producer.start(), consumer.start())
             await self._wait_metadata(consumer, topics)
         except Exception as exc:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
             raise transport_error(f"connect to {options.describe()}", exc) from exc
-        self._producer = producer
+        self._outlet.producer = producer
         self._consumer = consumer
         consumer.subscribe(topics, listener=_Listener(self))
         self._tasks = [loop.create_task(self._fetch()), loop.create_task(self._watch())]
@@ -162,8 +171,8 @@ class KafkaServerTransport:
 
     async def close(self) -> None:
         await self.stop()
-        consumer, producer = self._consumer, self._producer
-        self._consumer = self._producer = None
+        consumer, producer = self._consumer, self._outlet.producer
+        self._consumer = self._outlet.producer = None
         if consumer is not None:
             if producer is not None:
                 with contextlib.suppress(Exception):
@@ -202,6 +211,8 @@ class KafkaServerTransport:
         parts = [Partition(tp, ordered and self._kinds.get(tp.topic) == "event") for tp in tps]
         for part in parts:
             self._parts[part.tp] = part
+        if self._ready is not None and self._ready.done():
+            await self._resume(consumer, tps)
         # Bounded, like every commit: this runs inside the group's join, and aiokafka retries
         # some errors forever (a topic gone with a broker's data), which would stall the group.
         try:
@@ -235,10 +246,55 @@ class KafkaServerTransport:
         if ready is not None and not ready.done():
             ready.set_result(None)
 
+    async def _resume(self, consumer: Any, tps: list[Any]) -> None:
+        """Where a partition the group has no committed offset for starts, once listen()
+        returned: a broker that came back without its data, or a partition added since.
+
+        Every record of such a log that is newer than what this server last handled on the
+        partition was produced after the server subscribed, so it must be read: the
+        partition starts at the first such record (by timestamp), or where the server left
+        it if that is earlier; a partition the server never had starts at its beginning.
+        The default (``auto_offset_reset="latest"``) would skip every record produced
+        between the broker's return and the group's rejoin."""
+        try:
+            committed = await asyncio.wait_for(
+                asyncio.gather(*(consumer.committed(tp) for tp in tps)), COMMIT_TIMEOUT
+            )
+            fresh = [tp for tp, offset in zip(tps, committed, strict=True) if offset is None]
+            if not fresh:
+                return
+            since = {tp: max(self._left.get(tp, (-1, 0))[1], 0) for tp in fresh}
+            first, end, newer = await asyncio.wait_for(
+                asyncio.gather(
+                    consumer.beginning_offsets(fresh),
+                    consumer.end_offsets(fresh),
+                    consumer.offsets_for_times(since),
+                ),
+                COMMIT_TIMEOUT,
+            )
+        except (Exception, asyncio.TimeoutError) as exc:
+            log.warning("kafka: group %s: start offsets unknown: %r", self.group_id, exc)
+            return
+        for tp in fresh:
+            found = newer.get(tp)
+            start = end[tp] if found is None else found.offset
+            left = self._left.get(tp, (-1, 0))[0]
+            if left >= 0:
+                start = min(start, left)
+            consumer.seek(tp, max(first[tp], start))
+        log.info(
+            "kafka: group %s: no committed offset for %s: read from where this server left",
+            self.group_id,
+            sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh),
+        )
+
     async def _revoke(self, revoked: Any) -> None:
         parts = [self._parts.pop(tp) for tp in list(revoked) if tp in self._parts]
         if not parts:
             return
+        for part in parts:
+            if part.commit_at >= 0:
+                self._left[part.tp] = (part.commit_at, part.newest_timestamp)
         for part in parts:
             part.queue.clear()
             part.notify()
@@ -316,42 +372,15 @@ class KafkaServerTransport:
                 continue
             record = queue.popleft()
             part.pending.append(record.offset)
-            context = read_record(self, part, record)
+            part.newest_timestamp = max(part.newest_timestamp, record.timestamp)
+            event = self._kinds.get(record.topic) == "event"
+            context = read_record(self._outlet, part, record, event)
             sink = self._sink
             if context is None or sink is None:
                 self._commits.finished(part, record.offset)
                 continue
-            if part.ordered:
-                context._done = loop.create_future()
             await sink(context)
-            if context._done is not None:
-                await context._done
-
-    # -- replies ----------------------------------------------------------------------------
-
-    async def _reply(self, context: KafkaContext, topic: str, reply: Reply) -> None:
-        producer = self._producer
-        if producer is None:
-            raise TransportError("kafka server is closed")
-        codec = self._codec
-        key, value, headers, partition, timestamp = codec.message(reply.response, None)
-        headers.append((CORRELATION_ID, context._reply_id))
-        if reply.err:
-            headers.append((NEST_ERR, codec.err_header(reply.err)))
-        if reply.disposed:
-            headers.append((NEST_IS_DISPOSED, DISPOSED_VALUE))
-        if context.reply_partition is not None:
-            partition = context.reply_partition
-        if value is not None:
-            self.options.check_size(value, "reply")
-        future = await produce(
-            producer, topic, key, value, headers, partition, timestamp, action="reply to"
-        )
-        # Delivery is awaited by settle(): the offset is committed once the replies are out.
-        if context._sends is None:
-            context._sends = [future]
-        else:
-            context._sends.append(future)
+            await context.settled()
 
     # -- broker restarts ----------------------------------------------------------------
 
@@ -361,7 +390,7 @@ class KafkaServerTransport:
         lost = False
         while True:
             await asyncio.sleep(_WATCH_INTERVAL)
-            reachable = await cluster_reachable(self._producer)
+            reachable = await cluster_reachable(self._outlet.producer)
             if not reachable:
                 if not lost:
                     lost = True
@@ -403,7 +432,11 @@ class KafkaServerTransport:
                 await asyncio.wait_for(client.force_metadata_update(), COMMIT_TIMEOUT)
 
     def __repr__(self) -> str:
-        return f"KafkaServerTransport({self.options.describe()}, group={self.group_id!r})"
+        options = self.options
+        return (
+            f"KafkaServerTransport({options.describe()}, group={self.group_id!r}"
+            f" = group_id {options.group_id!r} + {options.postfix('server')!r})"
+        )
 
 
 def _membership_lost(consumer: Any) -> bool:
