@@ -32,6 +32,7 @@ BROKERS: dict[str, Broker] = {
     "nats": Broker("POLYBUS_NATS_URL", "nats://127.0.0.1:4222", "nats:2.10.22"),
     "rabbitmq": Broker("POLYBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq:3.13.7"),
     "kafka": Broker("POLYBUS_KAFKA_URL", "kafka://127.0.0.1:19092", "apache/kafka:3.9.0"),
+    "mqtt": Broker("POLYBUS_MQTT_URL", "mqtt://127.0.0.1:1883", "eclipse-mosquitto:2.0.20"),
 }
 
 _started: dict[str, str] = {}
