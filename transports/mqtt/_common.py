@@ -224,16 +224,15 @@ class Link:
         sent = asyncio.ensure_future(
             client.publish(topic, body, qos, retain, properties, timeout=math.inf)
         )
+        waits: tuple[asyncio.Future[None], ...] = (sent,) if down is None else (sent, down)
         try:
-            if down is not None:
-                # aiomqtt waits for the PUBACK forever: a lost connection must end the wait
-                await asyncio.wait((sent, down), return_when=asyncio.FIRST_COMPLETED)
-            else:
-                await sent
-        finally:
-            if not sent.done():
-                sent.cancel()
-        if sent.cancelled():
+            # aiomqtt waits for the PUBACK forever: a lost connection must end the wait
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            sent.cancel()
+            raise
+        if not sent.done():
+            sent.cancel()
             raise TransportError(f"MQTT connection lost while publishing to {topic!r}")
         exc = sent.exception()
         if exc is not None:
