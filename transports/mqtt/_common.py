@@ -10,6 +10,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiomqtt
+from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -68,7 +69,7 @@ def _new_client(options: MqttOptions) -> aiomqtt.Client:
     if v5 and options.session_expiry is not None:
         connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_properties.SessionExpiryInterval = options.session_expiry
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         options.host,
         options.port,
         username=options.username,
@@ -83,6 +84,9 @@ def _new_client(options: MqttOptions) -> aiomqtt.Client:
         properties=connect_properties,
         logger=log,
     )
+    # aiomqtt warns on every publish while more than 10 are pending: normal under load
+    client.pending_calls_threshold = 1 << 30
+    return client
 
 
 def transport_error(exc: BaseException, what: str) -> TransportError:
@@ -218,8 +222,17 @@ class Link:
         retain: bool = False,
         timeout: float | None = None,
     ) -> None:
-        """Publish; returns once written (QoS 0) or acknowledged by the broker (QoS 1/2)."""
+        """Publish; returns once handed to the connection (QoS 0) or acknowledged by the
+        broker (QoS 1/2)."""
         client = self.client or await self.wait_up(timeout)
+        if qos == 0:
+            # No acknowledgement to wait for: paho writes the packet with this loop
+            # iteration's output. (aiomqtt's publish would wait for that write, for ever if
+            # the connection dropped first, and costs a third of the transport's CPU.)
+            info = client._client.publish(topic, body, 0, retain, properties)
+            if info.rc != MQTT_ERR_SUCCESS:
+                raise TransportError(f"MQTT publish to {topic!r} failed: {error_string(info.rc)}")
+            return
         down = self._down
         sent = asyncio.ensure_future(
             client.publish(topic, body, qos, retain, properties, timeout=math.inf)
