@@ -1,0 +1,112 @@
+"""MQTT transport against Mosquitto ($POLYBUS_MQTT_URL, default mqtt://127.0.0.1:1883):
+the NestJS wire format seen from a raw aiomqtt peer, ``+``/``#`` handler routes, per-route
+and per-record QoS, MQTT 5 user properties as headers, malformed input."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import orjson
+import pytest
+
+from polybus import Microservice, create_client
+from polybus.packets import DEADLINE_HEADER
+from polybus.testing.brokers import broker_url
+from polybus.transports.mqtt import MqttContext, MqttRecord
+
+pytestmark = pytest.mark.broker("mqtt")
+
+
+@pytest.fixture
+def url() -> str:
+    return broker_url("mqtt")
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"polybus-test/{uuid.uuid4().hex[:8]}"
+
+
+def raw_peer(url: str) -> aiomqtt.Client:
+    parts = urlsplit(url)
+    return aiomqtt.Client(parts.hostname or "127.0.0.1", parts.port or 1883)
+
+
+async def next_message(peer: aiomqtt.Client, timeout: float = 10.0) -> aiomqtt.Message:
+    return await asyncio.wait_for(anext(aiter(peer.messages)), timeout)
+
+
+async def test_wire_format_seen_by_a_raw_peer(url: str, prefix: str) -> None:
+    """Request on the route, JSON envelope with id (deadline in v12 metadata), reply on
+    ``<topic>/reply`` with ``isDisposed``, QoS 0 unless a record asks for more."""
+    route = f"{prefix}/sum"
+    async with raw_peer(url) as peer, create_client(url, timeout=10) as client:
+        await peer.subscribe(route, qos=2)
+        call = asyncio.ensure_future(client.send(route, MqttRecord([1, 2], qos=1)))
+        request = await next_message(peer)
+        assert request.topic.value == route and request.qos == 1 and not request.retain
+        packet = orjson.loads(request.payload)  # type: ignore[arg-type]
+        assert packet["pattern"] == route and packet["data"] == [1, 2]
+        assert DEADLINE_HEADER in packet["metadata"]
+        reply = {"response": 3, "isDisposed": True, "id": packet["id"]}
+        await peer.publish(f"{route}/reply", orjson.dumps(reply))
+        assert await call == 3
+
+        await client.emit(route, {"n": 1})
+        event = await next_message(peer)
+        assert event.qos == 0
+        assert orjson.loads(event.payload) == {"pattern": route, "data": {"n": 1}}  # type: ignore[arg-type]
+
+
+async def test_wildcard_routes_and_per_route_qos(url: str, prefix: str) -> None:
+    app = Microservice(url)
+
+    @app.message_pattern(f"{prefix}/sensor/+/read", qos=1)
+    def read(data: Any, ctx: MqttContext) -> list[Any]:
+        return [ctx.topic, ctx.message.qos, data]
+
+    @app.message_pattern(f"{prefix}/logs/#")
+    def logs(_: Any, ctx: MqttContext) -> str:
+        return ctx.topic
+
+    async with app, create_client(url, timeout=10) as client:
+        topic = f"{prefix}/sensor/7/read"
+        assert await client.send(topic, "x") == [topic, 0, "x"]  # QoS 0 publish: min(0, 1)
+        assert await client.send(topic, MqttRecord("y", qos=2)) == [topic, 1, "y"]
+        deep = f"{prefix}/logs/a/b"
+        assert await client.send(deep, None) == deep
+
+
+async def test_mqtt5_user_properties_are_headers(url: str, prefix: str) -> None:
+    app = Microservice(f"{url}?protocol_version=5")
+    route = f"{prefix}/headers"
+
+    @app.message_pattern(route)
+    def headers(_: Any, ctx: MqttContext) -> dict[str, Any]:
+        assert ctx.deadline is not None
+        return {k: v for k, v in (ctx.headers or {}).items() if k != DEADLINE_HEADER}
+
+    client = create_client(f"{url}?protocol_version=5", user_properties={"svc": "billing"})
+    async with app, client:
+        got = await client.send(route, {}, headers={"x-trace": "t1"})
+    assert got == {"svc": "billing", "x-trace": "t1"}
+
+
+async def test_malformed_input_is_dropped_and_the_server_keeps_serving(
+    url: str, prefix: str
+) -> None:
+    app = Microservice(url)
+    route = f"{prefix}/echo"
+
+    @app.message_pattern(route)
+    def echo(data: Any) -> Any:
+        return data
+
+    async with app, raw_peer(url) as peer, create_client(url, timeout=10) as client:
+        await peer.publish(route, b"\xff not json")
+        await peer.publish(route, b"")
+        assert await client.send(route, {"ok": True}) == {"ok": True}
