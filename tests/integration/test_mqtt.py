@@ -1,21 +1,31 @@
 """MQTT transport against Mosquitto ($POLYBUS_MQTT_URL, default mqtt://127.0.0.1:1883):
 the NestJS wire format seen from a raw aiomqtt peer, ``+``/``#`` handler routes, per-route
-and per-record QoS, MQTT 5 user properties as headers, malformed input."""
+and per-record QoS, MQTT 5 user properties as headers, malformed input; TLS with client
+certificates on a private Mosquitto (port 11883)."""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
+import shutil
+import socket
+import subprocess
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
 import orjson
 import pytest
+import trustme
 
 from polybus import Microservice, create_client
+from polybus.errors import TransportError
 from polybus.packets import DEADLINE_HEADER
-from polybus.testing.brokers import broker_url
+from polybus.testing.brokers import broker_url, require
 from polybus.transports.mqtt import MqttContext, MqttRecord
 
 pytestmark = pytest.mark.broker("mqtt")
@@ -110,3 +120,74 @@ async def test_malformed_input_is_dropped_and_the_server_keeps_serving(
         await peer.publish(route, b"\xff not json")
         await peer.publish(route, b"")
         assert await client.send(route, {"ok": True}) == {"ok": True}
+
+
+# -- TLS, on a private Mosquitto (127.0.0.1:11883, this suite's own port) ------------------
+
+TLS_PORT = 11883
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[Path]:
+    """A throwaway Mosquitto with a TLS listener requiring client certificates; yields
+    the directory holding ``ca.pem``, ``client.crt`` and ``client.key``."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        require("mosquitto is not installed: the TLS test runs a private one")
+    if broker_answers(TLS_PORT):
+        require(f"127.0.0.1:{TLS_PORT} is taken: the TLS test needs it")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = ca.issue_cert("127.0.0.1")
+    server.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "server.crt"))
+    client = ca.issue_cert("client@polybus.test")
+    client.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "client.crt"))
+    (tmp_path / "mosquitto.conf").write_text(
+        f"user {getpass.getuser()}\n"
+        f"listener {TLS_PORT} 127.0.0.1\nallow_anonymous true\n"
+        f"cafile {tmp_path}/ca.pem\ncertfile {tmp_path}/server.crt\n"
+        f"keyfile {tmp_path}/server.key\nrequire_certificate true\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "-c", str(tmp_path / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not broker_answers(TLS_PORT):
+            assert proc.poll() is None and time.monotonic() < deadline, "mosquitto did not start"
+            time.sleep(0.05)
+        yield tmp_path
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def broker_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+async def test_mqtts_with_client_certificates(tls_broker: Path) -> None:
+    base = f"mqtts://127.0.0.1:{TLS_PORT}?ca={tls_broker}/ca.pem"
+    url = f"{base}&cert={tls_broker}/client.crt&key={tls_broker}/client.key"
+    app = Microservice(url)
+
+    @app.message_pattern("tls/echo")
+    def echo(data: Any) -> Any:
+        return data
+
+    async with app, create_client(url, timeout=10) as client:
+        assert await client.send("tls/echo", {"secure": True}) == {"secure": True}
+    # TLS 1.3: the broker refuses the missing certificate after the handshake, so the
+    # client learns it when no CONNACK comes: a short connect_timeout bounds the wait
+    without_cert = create_client(f"{base}&connect_timeout=2", timeout=5)
+    with pytest.raises(TransportError):
+        await without_cert.send("tls/echo", 1)
+    await without_cert.close()
