@@ -122,6 +122,52 @@ async def test_malformed_input_is_dropped_and_the_server_keeps_serving(
         assert await client.send(route, {"ok": True}) == {"ok": True}
 
 
+async def test_a_qos1_event_is_acknowledged_only_after_its_handler(url: str, prefix: str) -> None:
+    """A server with a persistent session is closed while its handler runs: the broker
+    delivers the event again to the next server of that session, which finishes it."""
+    route = f"{prefix}/slow"
+    client_id = f"polybus-test-{uuid.uuid4().hex[:12]}"
+    durable = f"{url}?client_id={client_id}&clean_session=false&qos=1"
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    def service(name: str, seconds: float) -> Microservice:
+        app = Microservice(durable)
+
+        @app.event_pattern(route)
+        async def slow(_: Any) -> None:
+            started.set()
+            await asyncio.sleep(seconds)
+            finished.append(name)
+
+        return app
+
+    first = service("a", 30)
+    await first.listen()
+    try:
+        async with create_client(f"{url}?qos=1") as client:
+            await client.emit(route, {"n": 1})
+        await asyncio.wait_for(started.wait(), 10)
+    finally:
+        await first.close(grace=0)  # the handler is cut off before it finishes
+    try:
+        async with service("b", 0):
+            for _ in range(200):
+                if finished:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        parts = urlsplit(url)  # drop the persistent session from the shared broker
+        async with aiomqtt.Client(
+            parts.hostname or "127.0.0.1",
+            parts.port or 1883,
+            identifier=client_id,
+            clean_session=True,
+        ):
+            pass
+    assert finished == ["b"]
+
+
 # -- TLS, on a private Mosquitto (127.0.0.1:11883, this suite's own port) ------------------
 
 TLS_PORT = 11883

@@ -16,7 +16,9 @@ with NestJS (PROTOCOL.md §6), on aiomqtt (paho-mqtt).
   rebuilt with backoff and every subscription is restored. ``clean_session=False`` with a
   fixed ``client_id`` (MQTT 5: ``session_expiry``) makes the broker keep QoS 1/2 messages
   for a server while it is away.
-- QoS 1/2 messages are acknowledged by paho-mqtt on receipt, not after their handler ran.
+- The server acknowledges a QoS 1 message once its handler is done (a message taken
+  during shutdown stays unacknowledged, so a persistent session gets it again); QoS 2's
+  PUBREC goes on receipt (paho), its PUBCOMP after the handler.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def user_properties(message: aiomqtt.Message) -> dict[str, str] | None:
     return dict(pairs) if pairs else None
 
 
-def _new_client(options: MqttOptions) -> aiomqtt.Client:
+def _new_client(options: MqttOptions, manual_ack: bool) -> aiomqtt.Client:
     v5 = options.protocol_version == 5
     connect_properties = None
     if v5 and options.session_expiry is not None:
@@ -86,6 +86,7 @@ def _new_client(options: MqttOptions) -> aiomqtt.Client:
     )
     # aiomqtt warns on every publish while more than 10 are pending: normal under load
     client.pending_calls_threshold = 1 << 30
+    client._client.manual_ack_set(manual_ack)
     return client
 
 
@@ -109,8 +110,10 @@ class Link:
         restore: Restore,
         on_lost: Callable[[TransportError], None] | None = None,
         on_status: Callable[[ConnectionStatus], None] | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.options = options
+        self._manual_ack = manual_ack
         self.session = 0
         self.client: aiomqtt.Client | None = None
         self._on_message = on_message
@@ -133,7 +136,7 @@ class Link:
         self._task = asyncio.get_running_loop().create_task(self._run(client))
 
     async def _open(self) -> aiomqtt.Client:
-        client = _new_client(self.options)
+        client = _new_client(self.options, self._manual_ack)
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
@@ -154,9 +157,12 @@ class Link:
         while True:
             try:
                 async for message in client.messages:
-                    pending = self._on_message(message)
-                    if pending is not None:
-                        await pending
+                    try:
+                        pending = self._on_message(message)
+                        if pending is not None:
+                            await pending
+                    except Exception:  # a failing handler must not stop the reading
+                        log.exception("MQTT message handler failed")
                 error: BaseException = TransportError("the message stream ended")
             except aiomqtt.MqttError as exc:
                 error = exc
@@ -250,6 +256,14 @@ class Link:
         exc = sent.exception()
         if exc is not None:
             raise transport_error(exc, f"MQTT publish to {topic!r} failed") from exc
+
+    def ack(self, message: aiomqtt.Message, session: int) -> None:
+        """With ``manual_ack``: acknowledge a QoS 1/2 message received in ``session``. One
+        received before a reconnection is not acknowledged: the broker sends it again
+        (persistent sessions) or has forgotten it."""
+        client = self.client
+        if message.qos and client is not None and session == self.session:
+            client._client.ack(message.mid, message.qos)
 
     async def subscribe(self, client: aiomqtt.Client, topics: Sequence[tuple[str, int]]) -> None:
         """Subscribe and wait for the SUBACK; ``TransportError`` when refused."""

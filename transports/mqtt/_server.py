@@ -37,7 +37,7 @@ class MqttContext(Context):
     ``x-polybus-deadline`` entry.
     """
 
-    __slots__ = ("_server", "message", "topic")
+    __slots__ = ("_server", "_session", "message", "topic")
     transport_name = "mqtt"
 
     def __init__(
@@ -48,11 +48,13 @@ class MqttContext(Context):
         headers: dict[str, str] | None,
         message: aiomqtt.Message,
         server: MqttServerTransport,
+        session: int,
     ) -> None:
         super().__init__(pattern, data, id, headers, parse_deadline(headers))
         self.topic = message.topic.value
         self.message = message
         self._server = server
+        self._session = session
 
     async def send_reply(self, reply: Reply) -> None:
         server = self._server
@@ -61,6 +63,13 @@ class MqttContext(Context):
         if link is None or not link.up:
             return  # the caller was failed when its connection dropped
         await link.publish(self.topic + REPLY_SUFFIX, body, 0)
+
+    async def settle(self, ok: bool) -> None:
+        """Acknowledge a QoS 1/2 message now that its handler is done (MQTT cannot reject:
+        a failed one is acknowledged too, as a rejection without requeue)."""
+        link = self._server._link
+        if link is not None:
+            link.ack(self.message, self._session)
 
 
 class MqttServerTransport:
@@ -82,7 +91,7 @@ class MqttServerTransport:
         self._routes = {spec.route for spec in routes}
         self._filters = [route for route in self._routes if "+" in route or "#" in route]
         self._sink = sink
-        link = Link(self.options, self._on_message, self._restore)
+        link = Link(self.options, self._on_message, self._restore, manual_ack=True)
         self._link = link
         try:
             await link.connect()
@@ -112,28 +121,32 @@ class MqttServerTransport:
         return None
 
     def _on_message(self, message: aiomqtt.Message) -> Awaitable[None] | None:
-        sink = self._sink
+        sink, link = self._sink, self._link
+        if sink is None or link is None:
+            return None  # stopping: left unacknowledged, so the broker may deliver it again
         payload = message.payload
-        if sink is None or not isinstance(payload, (bytes, bytearray)):
-            return None
         topic = message.topic.value
         route = self._route_of(topic)
-        if route is None:
+        if route is None or not isinstance(payload, (bytes, bytearray)):
+            link.ack(message, link.session)
             return None
         if len(payload) > self.options.max_message_bytes:
             log.warning(
                 "dropping a message of %d bytes on %r: over max_message_bytes", len(payload), topic
             )
+            link.ack(message, link.session)
             return None
         try:
             incoming = decode_incoming(self._serializer, payload, channel=route)
         except ProtocolError as exc:
             log.warning("dropping a malformed message on %r: %s", topic, exc)
+            link.ack(message, link.session)
             return None
         headers = user_properties(message) or incoming.metadata
-        return sink(
-            MqttContext(incoming.pattern, incoming.data, incoming.id, headers, message, self)
+        context = MqttContext(
+            incoming.pattern, incoming.data, incoming.id, headers, message, self, link.session
         )
+        return sink(context)
 
     async def stop(self) -> None:
         self._sink = None
