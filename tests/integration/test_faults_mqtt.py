@@ -184,3 +184,28 @@ async def test_100_calls_in_flight_do_not_hang(private_broker: str) -> None:
         f"max={latencies[-1] * 1000:.1f}ms"
     )
     assert done > 0
+
+
+async def test_a_client_that_gave_up_reconnecting_fails_calls_at_once(
+    private_broker: str,
+) -> None:
+    """With ``retry_attempts``, a client whose broker stays away reports CLOSED, and a
+    call without a timeout fails with TransportError instead of waiting for ever."""
+    client = create_client(f"{private_broker}?retry_attempts=2&retry_delay=0.05", timeout=None)
+    statuses: list[ConnectionStatus] = []
+    client.watch_status(statuses.append)
+    await client.connect()
+    code, out = await run_command(["bash", str(SCRIPT), "stop"], timeout=30)
+    assert code == 0, out
+    try:
+        for _ in range(200):
+            if statuses[-1] == ConnectionStatus.CLOSED:
+                break
+            await asyncio.sleep(0.05)
+        assert statuses[-1] == ConnectionStatus.CLOSED, statuses
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(client.send("gone", 1), 10)
+    finally:
+        await client.close()
+        code, out = await run_command(["bash", str(SCRIPT), "start"], timeout=30)
+        assert code == 0, out  # the next cases need it back

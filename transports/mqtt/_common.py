@@ -180,7 +180,9 @@ class Link:
                 self._on_lost(lost)
             self._on_status(ConnectionStatus.RECONNECTING)
             reconnected = await self._reconnect()
-            if reconnected is None:
+            if reconnected is None:  # gave up: whoever waits for a connection fails now
+                self._closing = True
+                self._up.set()
                 self._on_status(ConnectionStatus.CLOSED)
                 return
             client = reconnected
