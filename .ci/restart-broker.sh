@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Restart one of this machine's local brokers (the fault suite's POLYBUS_<NAME>_RESTART,
-# exported by .ci/run): redis | nats | rabbitmq | kafka. Returns once the restart command
+# exported by .ci/run): redis | nats | rabbitmq | kafka | mqtt. Returns once the restart command
 # returned; the suite itself waits until the broker answers again.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,8 +24,14 @@ kafka)
     bash "$here/kafka.sh" stop
     bash "$here/kafka.sh" start
     ;;
+mqtt)
+    start-stop-daemon --stop --oknodo --retry 5 --exec /usr/sbin/mosquitto
+    mkdir -p /run/mosquitto
+    chown mosquitto: /run/mosquitto 2>/dev/null || true
+    mosquitto -d -c /etc/mosquitto/mosquitto.conf
+    ;;
 *)
-    echo "usage: $0 redis|nats|rabbitmq|kafka" >&2
+    echo "usage: $0 redis|nats|rabbitmq|kafka|mqtt" >&2
     exit 2
     ;;
 esac

@@ -53,6 +53,7 @@ class Config:
     nats_url: str = "nats://127.0.0.1:4222"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     kafka_bootstrap: str = "127.0.0.1:19092"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
     kafka_fetch_max_wait_ms: int = 10
     kafka_session_timeout_ms: int = 6000
     loop: str = "uvloop"

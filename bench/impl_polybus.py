@@ -22,6 +22,8 @@ def target(cfg: Config) -> tuple[str, dict[str, Any]]:
         return cfg.nats_url, {}
     if cfg.transport == "rabbitmq":
         return cfg.amqp_url, {"queue": cfg.queue}
+    if cfg.transport == "mqtt":
+        return cfg.mqtt_url, {}
     if cfg.transport == "kafka":
         return f"kafka://{cfg.kafka_bootstrap}", {
             "group_id": cfg.prefix,

@@ -27,10 +27,10 @@ from .common import Config, Plan
 ROOT = Path(__file__).resolve().parent.parent
 NEST_DIR = Path(__file__).resolve().parent / "nest"
 NEST_MODULES = ROOT / "tests" / "integration" / "nest" / "node_modules"
-TRANSPORTS = ("tcp", "redis", "nats", "rabbitmq", "kafka")
+TRANSPORTS = ("tcp", "redis", "nats", "rabbitmq", "kafka", "mqtt")
 IMPLS = ("polybus", "raw", "faststream", "nest")
 SCENARIOS: list[tuple[str, int]] = [("rpc", 1), ("rpc", 100), ("events", 100)]
-BROKER_PORTS = {"redis": 6379, "nats": 4222, "rabbitmq": 5672, "kafka": 19092}
+BROKER_PORTS = {"redis": 6379, "nats": 4222, "rabbitmq": 5672, "kafka": 19092, "mqtt": 1883}
 LABELS = {"polybus": "polybus", "raw": "raw", "faststream": "FastStream", "nest": "NestJS"}
 
 FULL = Plan(warmup=1.0, runs=5, duration=1.5)
@@ -38,9 +38,9 @@ QUICK = Plan(warmup=0.3, runs=2, duration=0.5)
 
 
 def supports(impl: str, transport: str, scenario: str) -> bool:
-    """FastStream has no TCP transport and no request-reply on Kafka."""
+    """FastStream has no TCP or MQTT transport and no request-reply on Kafka."""
     if impl == "faststream":
-        return transport != "tcp" and not (transport == "kafka" and scenario == "rpc")
+        return transport not in ("tcp", "mqtt") and not (transport == "kafka" and scenario == "rpc")
     return True
 
 
@@ -130,6 +130,8 @@ def versions() -> dict[str, str]:
         "aio-pika",
         "aiormq",
         "aiokafka",
+        "aiomqtt",
+        "paho-mqtt",
         "faststream",
         "uvloop",
     ):
@@ -141,7 +143,8 @@ def versions() -> dict[str, str]:
 
         out["node"] = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
         out["node"] = out["node"].strip()
-    for package in ("@nestjs/microservices", "ioredis", "@nats-io/transport-node", "amqplib"):
+    packages = ("@nestjs/microservices", "ioredis", "@nats-io/transport-node", "amqplib", "mqtt")
+    for package in packages:
         manifest = NEST_MODULES / package / "package.json"
         if manifest.exists():
             out[package] = json.loads(manifest.read_text())["version"]

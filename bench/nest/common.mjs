@@ -35,6 +35,8 @@ export function transportConfig() {
       return { transport: Transport.NATS, options: { servers: [cfg.nats_url] } };
     case 'rabbitmq':
       return { transport: Transport.RMQ, options: { urls: [cfg.amqp_url], queue: `${cfg.prefix}.q` } };
+    case 'mqtt':
+      return { transport: Transport.MQTT, options: { url: cfg.mqtt_url } };
     case 'kafka':
       return {
         transport: Transport.KAFKA,

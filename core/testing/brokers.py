@@ -44,6 +44,7 @@ BROKERS: dict[str, Broker] = {
     "nats": Broker("POLYBUS_NATS_URL", "nats://127.0.0.1:4222", "nats:2.10.22"),
     "rabbitmq": Broker("POLYBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq:3.13.7"),
     "kafka": Broker("POLYBUS_KAFKA_URL", "kafka://127.0.0.1:19092", "apache/kafka:3.9.0"),
+    "mqtt": Broker("POLYBUS_MQTT_URL", "mqtt://127.0.0.1:1883", "eclipse-mosquitto:2.0.20"),
 }
 
 _started: dict[str, str] = {}
@@ -91,7 +92,7 @@ def _start_container(name: str) -> str:  # pragma: no cover - needs a Docker eng
     from testcontainers.core.container import DockerContainer
 
     broker = BROKERS[name]
-    ports = {"redis": 6379, "nats": 4222, "rabbitmq": 5672, "kafka": 9092}
+    ports = {"redis": 6379, "nats": 4222, "rabbitmq": 5672, "kafka": 9092, "mqtt": 1883}
     assert broker.image is not None
     container = DockerContainer(broker.image).with_exposed_ports(ports[name])
     if name == "nats":

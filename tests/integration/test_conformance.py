@@ -17,6 +17,7 @@ TRANSPORTS = {
     "nats-jetstream": lambda: _with_query(broker_url("nats"), "jetstream=true"),
     "rabbitmq": lambda: broker_url("rabbitmq"),
     "kafka": lambda: broker_url("kafka"),
+    "mqtt": lambda: broker_url("mqtt"),
 }
 
 

@@ -25,6 +25,7 @@ TRANSPORTS = {
     "nats": lambda: broker_url("nats"),
     "rabbitmq": lambda: broker_url("rabbitmq"),
     "kafka": lambda: broker_url("kafka"),
+    "mqtt": lambda: broker_url("mqtt"),
 }
 
 

@@ -1,4 +1,4 @@
-"""NestJS interop, both directions, on TCP, Redis, NATS and RabbitMQ: real
+"""NestJS interop, both directions, on TCP, Redis, NATS, RabbitMQ and MQTT: real
 @nestjs/microservices 12 (Kafka, whose records carry the data itself, has its own module).
 
 (1) a polybus client calls a NestJS microservice; (2) a NestJS ClientProxy calls a
@@ -62,6 +62,7 @@ SIDES = {
     "redis": Side("REDIS", lambda p: broker_url("redis"), lambda u, p: {"NEST_URL": u}),
     "nats": Side("NATS", lambda p: broker_url("nats"), lambda u, p: {"NEST_URL": u}),
     "rabbitmq": Side("RMQ", _amqp_url, _amqp_env),
+    "mqtt": Side("MQTT", lambda p: broker_url("mqtt"), lambda u, p: {"NEST_URL": u}),
 }
 # Kafka carries the data itself (numbers arrive as text, streams may end with a null):
 # tests/integration/test_interop_kafka.py checks that wire view exactly.

@@ -139,8 +139,15 @@ SECRET_URLS = {
     "nats-token": f"nats://{SECRET}@127.0.0.1:1",
     "kafka": f"kafka://u:{SECRET}@127.0.0.1:1",
     "kafka-option": f"kafka://127.0.0.1:1?username=u&password={SECRET}",
+    "mqtt": f"mqtt://u:{SECRET}@127.0.0.1:1",
 }
-ADAPTERS = {"redis": "redis", "rabbitmq": "rabbitmq", "nats": "nats", "kafka": "kafka"}
+ADAPTERS = {
+    "redis": "redis",
+    "rabbitmq": "rabbitmq",
+    "nats": "nats",
+    "kafka": "kafka",
+    "mqtt": "mqtt",
+}
 
 
 def _adapter(name: str) -> None:
@@ -247,6 +254,7 @@ TRANSPORTS = {
     "nats": lambda: broker_url("nats"),
     "rabbitmq": lambda: broker_url("rabbitmq"),
     "kafka": lambda: broker_url("kafka"),
+    "mqtt": lambda: broker_url("mqtt"),
 }
 
 

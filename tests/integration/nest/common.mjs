@@ -36,8 +36,8 @@ export const TRANSPORT_NAME = (env.NEST_TRANSPORT ?? 'TCP').toUpperCase();
 export const PREFIX = env.NEST_PREFIX ?? '';
 export const IS_KAFKA = TRANSPORT_NAME === 'KAFKA';
 
-if (!['TCP', 'REDIS', 'NATS', 'RMQ', 'KAFKA'].includes(TRANSPORT_NAME)) {
-  throw new Error(`NEST_TRANSPORT must be TCP|REDIS|NATS|RMQ|KAFKA, got ${TRANSPORT_NAME}`);
+if (!['TCP', 'REDIS', 'NATS', 'RMQ', 'KAFKA', 'MQTT'].includes(TRANSPORT_NAME)) {
+  throw new Error(`NEST_TRANSPORT must be TCP|REDIS|NATS|RMQ|KAFKA|MQTT, got ${TRANSPORT_NAME}`);
 }
 if (IS_KAFKA && !/^[a-zA-Z0-9._-]*$/.test(PREFIX)) {
   throw new Error(`NEST_PREFIX must match [a-zA-Z0-9._-]* on Kafka, got ${PREFIX}`);
@@ -102,6 +102,11 @@ export function transportConfig(role) {
           urls: [env.NEST_URL ?? 'amqp://guest:guest@127.0.0.1:5672'],
           queue: env.NEST_QUEUE ?? `${PREFIX}queue`,
         },
+      };
+    case 'MQTT':
+      return {
+        transport: Transport.MQTT,
+        options: { url: env.NEST_URL ?? 'mqtt://127.0.0.1:1883' },
       };
     case 'KAFKA': {
       // Nest appends '-server' / '-client' to both ids. A per-prefix base keeps

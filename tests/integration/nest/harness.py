@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 NEST_DIR: Path = Path(__file__).resolve().parent
-TRANSPORTS = ("TCP", "REDIS", "NATS", "RMQ", "KAFKA")
+TRANSPORTS = ("TCP", "REDIS", "NATS", "RMQ", "KAFKA", "MQTT")
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _STDERR_TAIL_LINES = 200
@@ -256,7 +256,7 @@ class NestServer:
 
 
 def start_nest_server(transport: str, env: Mapping[str, str]) -> NestServer:
-    """A Nest microservice for `transport` (TCP|REDIS|NATS|RMQ|KAFKA).
+    """A Nest microservice for `transport` (TCP|REDIS|NATS|RMQ|KAFKA|MQTT).
 
     ``async with start_nest_server(...) as server`` or
     ``server = await start_nest_server(...)`` (then ``await server.stop()``).
