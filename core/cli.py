@@ -64,18 +64,9 @@ def demo(url: str | None) -> None:
 @click.option("--url", default=None, help=f"Transport URL (default: ${ENV_URL}).")
 def run(app_path: str, url: str | None) -> None:
     """Serve the Microservice MODULE:APP until SIGINT/SIGTERM."""
-    from .server import Microservice
-
     if url:
         os.environ[ENV_URL] = url
-    module_name, _, attr = app_path.partition(":")
-    sys.path.insert(0, os.getcwd())
-    try:
-        app = getattr(importlib.import_module(module_name), attr or "app")
-    except (ImportError, AttributeError) as exc:
-        raise click.ClickException(f"cannot load {app_path}: {exc}") from exc
-    if not isinstance(app, Microservice):
-        raise click.ClickException(f"{app_path} is not a polybus.Microservice")
+    app = _load_microservice(app_path)
     where = redact_url(url or os.environ.get(ENV_URL, ""))
     click.echo(f"serving {app_path} on {where}", err=True)
     try:
