@@ -9,6 +9,7 @@ polybus microservice. Each checks a sum with an object pattern, a streamed reply
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -132,3 +133,53 @@ async def test_nestjs_client_calls_polybus_server(side: Side) -> None:
     assert result["fail"] == {"code": "E_TEST", "message": "boom"}
     assert result["emitted"] is True
     assert received == [{"orderId": "ord_42", "amount": 1999}]
+
+
+TICK = 0.2
+"""Seconds between the items of the slow stream: holding an item back until the next one
+exists (as polybus once did) makes it arrive a whole TICK late."""
+
+
+async def test_nestjs_caller_gets_null_and_each_stream_item_as_it_is_yielded(side: Side) -> None:
+    """A handler returning None gives a NestJS caller's firstValueFrom() null (not
+    EmptyError); each item of a slow stream reaches it within a fraction of the interval."""
+    prefix = harness.unique_prefix()
+    url = side.url(prefix)
+    patterns = side.patterns(prefix)
+    app = Microservice(url)
+    yielded: list[float] = []
+
+    @app.message_pattern(patterns["sum"])
+    def total(numbers: list[float]) -> float:
+        return sum(numbers)
+
+    @app.message_pattern(patterns["stream"])
+    def stream(_: Any) -> Any:
+        yield from (1, 2, 3)
+
+    @app.message_pattern(patterns["fail"])
+    def fail(_: Any) -> None:
+        raise RpcException({"code": "E_TEST", "message": "boom"})
+
+    @app.event_pattern(patterns["order_placed"])
+    def placed(data: Any) -> None:
+        pass
+
+    @app.message_pattern(f"{prefix}none")
+    def nothing(_: Any) -> None:
+        return None
+
+    @app.message_pattern(f"{prefix}ticks")
+    async def ticks(_: Any) -> AsyncIterator[int]:
+        for i in range(3):
+            await asyncio.sleep(TICK)
+            yielded.append(time.time())
+            yield i
+
+    env = {"NEST_PREFIX": prefix, "NEST_PARITY": "1", **side.env(url, prefix)}
+    async with app:
+        result = await harness.run_nest_client(side.nest, env, timeout=90)
+    assert result["none"] is None
+    assert [t["item"] for t in result["ticks"]] == [0, 1, 2]
+    late = [t["at"] / 1000 - at for t, at in zip(result["ticks"], yielded, strict=True)]
+    assert max(late) < TICK / 2, f"items arrived {late} s after they were yielded"

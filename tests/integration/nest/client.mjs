@@ -6,7 +6,7 @@
 // Nest's logs go to stderr.
 import { Logger } from '@nestjs/common';
 import { ClientProxyFactory } from '@nestjs/microservices';
-import { lastValueFrom, timeout, toArray, TimeoutError } from 'rxjs';
+import { firstValueFrom, lastValueFrom, map, timeout, toArray, TimeoutError } from 'rxjs';
 import { IS_KAFKA, PATTERNS, StderrLogger, transportConfig, writeLine } from './common.mjs';
 
 Logger.overrideLogger(new StderrLogger());
@@ -75,7 +75,26 @@ async function main() {
     }),
   );
 
-  return { sum, stream, fail, emitted: true };
+  if (process.env.NEST_PARITY !== '1') return { sum, stream, fail, emitted: true };
+
+  // What a caller that moves to polybus one service at a time would notice: a handler
+  // returning nothing (firstValueFrom must get a value, not EmptyError), and when each item
+  // of a slow stream arrives (epoch ms, compared with when the server yielded it).
+  const none = await withStep(
+    'none',
+    firstValueFrom(client.send(PATTERNS.none, {}).pipe(timeout(TIMEOUT_MS))),
+  );
+  const ticks = await withStep(
+    'ticks',
+    lastValueFrom(
+      client.send(PATTERNS.ticks, {}).pipe(
+        map((item) => ({ item, at: Date.now() })),
+        toArray(),
+        timeout(TIMEOUT_MS),
+      ),
+    ),
+  );
+  return { sum, stream, fail, emitted: true, none, ticks };
 }
 
 let result;

@@ -44,7 +44,8 @@ if (IS_KAFKA && !/^[a-zA-Z0-9._-]*$/.test(PREFIX)) {
 }
 
 /**
- * The four patterns, as given to the decorators / ClientProxy.send.
+ * The patterns, as given to the decorators / ClientProxy.send (`none` and `ticks` only
+ * with NEST_PARITY=1).
  * Kafka: dotted string topics; elsewhere `sum` is an object pattern.
  */
 export const PATTERNS = IS_KAFKA
@@ -53,12 +54,16 @@ export const PATTERNS = IS_KAFKA
       stream: `${PREFIX}.stream`,
       fail: `${PREFIX}.fail`,
       event: `${PREFIX}.order_placed`,
+      none: `${PREFIX}.none`,
+      ticks: `${PREFIX}.ticks`,
     }
   : {
       sum: { cmd: `${PREFIX}sum` },
       stream: `${PREFIX}stream`,
       fail: `${PREFIX}fail`,
       event: `${PREFIX}order_placed`,
+      none: `${PREFIX}none`,
+      ticks: `${PREFIX}ticks`,
     };
 
 function redisOptions(url) {
