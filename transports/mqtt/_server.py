@@ -16,12 +16,12 @@ import aiomqtt
 from paho.mqtt.client import topic_matches_sub
 
 from polybus.abc import Context, MessageSink, RouteSpec
-from polybus.errors import ConfigError, ProtocolError
-from polybus.packets import Reply, decode_incoming, encode_reply, parse_deadline
+from polybus.errors import ConfigError
+from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
 from polybus.serializers import Serializer
 
 from ._client import REPLY_SUFFIX
-from ._common import FEATURES, Link, log, user_properties
+from ._common import FEATURES, Link, user_properties
 from ._options import MqttOptions
 
 __all__ = ["MqttContext", "MqttServerTransport"]
@@ -130,16 +130,9 @@ class MqttServerTransport:
         if route is None or not isinstance(payload, (bytes, bytearray)):
             link.ack(message, link.session)
             return None
-        if len(payload) > self.options.max_message_bytes:
-            log.warning(
-                "dropping a message of %d bytes on %r: over max_message_bytes", len(payload), topic
-            )
-            link.ack(message, link.session)
-            return None
-        try:
-            incoming = decode_incoming(self._serializer, payload, channel=route)
-        except ProtocolError as exc:
-            log.warning("dropping a malformed message on %r: %s", topic, exc)
+        limit = self.options.max_message_bytes
+        incoming = read_incoming(self._serializer, payload, limit, repr(topic), channel=route)
+        if incoming is None:
             link.ack(message, link.session)
             return None
         headers = user_properties(message) or incoming.metadata
