@@ -27,7 +27,6 @@ from .serializers import Serializer, resolve_serializer
 __all__ = [
     "TLS_FILE_ALIASES",
     "TransportOptions",
-    "TransportPlugin",
     "coerce_options",
     "create_client_transport",
     "create_server_transport",
