@@ -140,7 +140,7 @@ class RouteSpec:
 class Context:
     """One incoming message, as the server's handlers see it: the per-transport context.
 
-    Adapters subclass it (``TcpContext``, ``RedisContext``, ``NatsContext``, ``RmqContext``,
+    Adapters subclass it (``TcpContext``, ``RedisContext``, ``NatsContext``, ``RabbitMQContext``,
     ``KafkaContext``...) to add what their broker knows and to implement
     :meth:`send_reply` and :meth:`settle`. A handler receives it by annotating a parameter
     with ``Context`` or a subclass.

@@ -27,10 +27,10 @@ from polybus import (
 from polybus.packets import DEAD_LETTER_ERROR, DEAD_LETTER_ORIGIN, DEADLINE_HEADER
 from polybus.testing.brokers import broker_url
 from polybus.transports.rabbitmq import (
-    RmqClientTransport,
-    RmqContext,
-    RmqOptions,
-    RmqServerTransport,
+    RabbitMQClientTransport,
+    RabbitMQContext,
+    RabbitMQOptions,
+    RabbitMQServerTransport,
 )
 
 aio_pika = pytest.importorskip("aio_pika")
@@ -117,7 +117,7 @@ def echo_app(url: str, **options: Any) -> Microservice:
 
 
 def test_options_from_url() -> None:
-    options = RmqOptions.from_url(
+    options = RabbitMQOptions.from_url(
         "amqps://user:s3cret@rabbit.example:5671/prod?queue=orders&prefetchCount=7"
         "&no_ack=false&persistent=1&ca=/ca.pem&certfile=/c.pem&key=/k.pem&heartbeat=10"
     )
@@ -128,22 +128,25 @@ def test_options_from_url() -> None:
     assert (options.ca_file, options.cert_file, options.key_file) == ("/ca.pem", "/c.pem", "/k.pem")
     assert options.heartbeat == 10
     assert "s3cret" not in repr(options)
-    transport = RmqClientTransport(options, _json())
+    transport = RabbitMQClientTransport(options, _json())
     assert "s3cret" not in repr(transport) and "***" in repr(transport)
 
 
 def test_publisher_confirms_follow_persistence_unless_given() -> None:
     base = "amqp://127.0.0.1/?queue=q"
-    assert RmqOptions.from_url(base).confirms is False
-    assert RmqOptions.from_url(f"{base}&persistent=true").confirms is True
-    assert RmqOptions.from_url(f"{base}&persistent=true&publisher_confirms=false").confirms is False
-    assert RmqOptions.from_url(f"{base}&publisher_confirms=true").confirms is True
+    assert RabbitMQOptions.from_url(base).confirms is False
+    assert RabbitMQOptions.from_url(f"{base}&persistent=true").confirms is True
+    assert (
+        RabbitMQOptions.from_url(f"{base}&persistent=true&publisher_confirms=false").confirms
+        is False
+    )
+    assert RabbitMQOptions.from_url(f"{base}&publisher_confirms=true").confirms is True
 
 
 async def test_persistent_publishes_are_confirmed(amqp: str, queue: str) -> None:
     async with create_client(with_queue(amqp, queue, persistent="true")) as client:
         transport = client.transport
-        assert isinstance(transport, RmqClientTransport) and transport._link is not None
+        assert isinstance(transport, RabbitMQClientTransport) and transport._link is not None
         assert transport._link.raw.publisher_confirms
         await client.emit("evt", 1)  # resolved by the broker's confirm
     assert await ready_count(amqp, queue) == 1
@@ -164,17 +167,17 @@ async def test_a_persistent_publish_the_broker_refuses_fails(amqp: str, queue: s
 
 def test_options_from_url_rejects_bad_values() -> None:
     with pytest.raises(ConfigError):
-        RmqOptions.from_url("amqp://localhost/?queue=q&prefetch_count=lots")
+        RabbitMQOptions.from_url("amqp://localhost/?queue=q&prefetch_count=lots")
     with pytest.raises(ConfigError):
-        RmqOptions.from_url("amqp://localhost/?queue=q&no_ack=maybe")
+        RabbitMQOptions.from_url("amqp://localhost/?queue=q&no_ack=maybe")
     with pytest.raises(ConfigError):
-        RmqOptions.from_url("amqp://localhost/?queue=q&bogus=1")
+        RabbitMQOptions.from_url("amqp://localhost/?queue=q&bogus=1")
     with pytest.raises(ConfigError):  # a queue is required in practice
-        RmqServerTransport(RmqOptions.from_url("amqp://localhost/"), _json())
+        RabbitMQServerTransport(RabbitMQOptions.from_url("amqp://localhost/"), _json())
 
 
 def test_options_from_nest() -> None:
-    options = RmqOptions.from_nest(
+    options = RabbitMQOptions.from_nest(
         {
             "urls": ["amqp://guest:guest@127.0.0.1:5672"],
             "queue": "svc",
@@ -190,11 +193,11 @@ def test_options_from_nest() -> None:
     assert options.is_global_prefetch_count and options.heartbeat == 2
     assert options.headers == {"x-app": "billing"}
     assert options.declare_arguments() == (False, False, False, {"x-a": 1, "x-max-priority": 10})
-    assert RmqOptions(queue="q").declare_arguments() == (True, False, False, None)
+    assert RabbitMQOptions(queue="q").declare_arguments() == (True, False, False, None)
     with pytest.raises(ConfigError):
-        RmqOptions.from_nest({"queue": "q", "exchange": "ex", "wildcards": True})
+        RabbitMQOptions.from_nest({"queue": "q", "exchange": "ex", "wildcards": True})
     with pytest.raises(ConfigError):
-        RmqServerTransport(RmqOptions(queue="q", queue_options={"nope": 1}), _json())
+        RabbitMQServerTransport(RabbitMQOptions(queue="q", queue_options={"nope": 1}), _json())
 
 
 def test_tls_options_build_a_context(tmp_path: Any) -> None:
@@ -204,12 +207,12 @@ def test_tls_options_build_a_context(tmp_path: Any) -> None:
     ca_file, cert_file = tmp_path / "ca.pem", tmp_path / "cert.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    options = RmqOptions.from_url(
+    options = RabbitMQOptions.from_url(
         f"amqps://localhost/?queue=q&ca_file={ca_file}&cert_file={cert_file}"
     )
     context = options.client_ssl()
     assert context is not None
-    assert RmqOptions.from_url("amqps://localhost/?queue=q").client_ssl() is None  # system CAs
+    assert RabbitMQOptions.from_url("amqps://localhost/?queue=q").client_ssl() is None  # system CAs
 
 
 def _json() -> Any:
@@ -339,7 +342,7 @@ async def test_context_exposes_the_amqp_message(amqp: str, queue: str) -> None:
 
     @app.message_pattern("inspect")
     def inspect(_: Any, ctx: Context) -> str:
-        assert isinstance(ctx, RmqContext)
+        assert isinstance(ctx, RabbitMQContext)
         seen.update(
             headers=ctx.headers,
             deadline=ctx.deadline,
@@ -407,7 +410,7 @@ async def test_manual_ack_settles_each_message_once(amqp: str, queue: str) -> No
         raise ValueError("handler failed")
 
     @app.event_pattern("self_ack")
-    async def self_ack(data: Any, ctx: RmqContext) -> None:
+    async def self_ack(data: Any, ctx: RabbitMQContext) -> None:
         calls.append("self_ack")
         await ctx.ack()  # the automatic ack must not ack it again
 
@@ -504,7 +507,7 @@ async def test_dead_letter_republishes_the_message_as_it_arrived(
     async with dead_letter_queue(amqp, queue) as dlq:
 
         @app.event_pattern("bad")
-        async def bad(data: Any, ctx: RmqContext) -> None:
+        async def bad(data: Any, ctx: RabbitMQContext) -> None:
             await ctx.dead_letter(dlq, ValueError("no good"))
 
         if existing:  # declared by someone else, with arguments: used as it is
@@ -540,7 +543,7 @@ async def test_dead_letter_declares_a_deleted_queue_again(amqp: str, queue: str)
     async with dead_letter_queue(amqp, queue) as dlq:
 
         @app.event_pattern("bad")
-        async def bad(n: int, ctx: RmqContext) -> None:
+        async def bad(n: int, ctx: RabbitMQContext) -> None:
             await ctx.dead_letter(dlq, ValueError(f"bad {n}"))
 
         async with app, create_client(url) as client:
@@ -560,7 +563,7 @@ async def test_dead_letter_to_a_queue_that_cannot_take_it_is_a_transport_error(
     errors: list[BaseException] = []
 
     @app.event_pattern("bad")
-    async def bad(data: Any, ctx: RmqContext) -> None:
+    async def bad(data: Any, ctx: RabbitMQContext) -> None:
         try:
             await ctx.dead_letter("amq.reserved-name", ValueError("no good"))
         except TransportError as exc:
@@ -649,7 +652,7 @@ async def test_delete_resources_removes_the_queue(amqp: str) -> None:
     app = echo_app(with_queue(amqp, name))
     await app.listen()
     await app.close()
-    assert isinstance(app.transport, RmqServerTransport)
+    assert isinstance(app.transport, RabbitMQServerTransport)
     await app.transport.delete_resources()
     async with raw_channel(amqp) as channel:
         with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
@@ -735,7 +738,7 @@ async def test_channel_error_fails_pending_and_the_channel_is_reopened(
         pending = asyncio.ensure_future(client.send("slow", 1.5, timeout=30))
         await asyncio.sleep(0.2)
         transport = client.transport
-        assert isinstance(transport, RmqClientTransport) and transport._link is not None
+        assert isinstance(transport, RabbitMQClientTransport) and transport._link is not None
         # acking an unknown delivery tag is a channel error: the broker closes the channel
         await transport._link.raw.basic_ack(987654)
         with pytest.raises(TransportError):

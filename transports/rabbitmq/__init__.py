@@ -1,5 +1,9 @@
 """RabbitMQ transport (``amqp://`` / ``amqps://``), wire-compatible with NestJS ``Transport.RMQ``.
 
+Names: the package, its classes (``RabbitMQ*``) and ``Features.name`` say ``rabbitmq``; the
+URL scheme is the protocol's (``amqp``); ``RMQ`` is only NestJS's name for it, accepted in
+a NestJS-style dict.
+
 docs/PROTOCOL.md §5: one durable work queue per service carries every request and event;
 requests go to the default exchange with routing key = the queue, ``correlation_id`` = the
 request id and ``reply_to = amq.rabbitmq.reply-to`` (direct reply-to); replies come back
@@ -27,11 +31,11 @@ from typing import TYPE_CHECKING
 from polybus.plugins import TransportSpec, lazy_attributes
 
 if TYPE_CHECKING:
-    from ._client import RmqClientTransport
+    from ._client import RabbitMQClientTransport
     from ._common import DEFAULT_SERVER_PREFETCH, DIRECT_REPLY_TO, FEATURES
-    from ._options import RmqOptions
+    from ._options import RabbitMQOptions
     from ._plugin import PLUGIN
-    from ._server import RmqContext, RmqServerTransport
+    from ._server import RabbitMQContext, RabbitMQServerTransport
 
 __all__ = [
     "DEFAULT_SERVER_PREFETCH",
@@ -39,10 +43,10 @@ __all__ = [
     "FEATURES",
     "PLUGIN",
     "SPEC",
-    "RmqClientTransport",
-    "RmqContext",
-    "RmqOptions",
-    "RmqServerTransport",
+    "RabbitMQClientTransport",
+    "RabbitMQContext",
+    "RabbitMQOptions",
+    "RabbitMQServerTransport",
 ]
 
 SPEC = TransportSpec(
@@ -59,13 +63,13 @@ importing it imports no client library."""
 __getattr__ = lazy_attributes(
     __name__,
     {
-        "RmqClientTransport": "._client",
+        "RabbitMQClientTransport": "._client",
         "DEFAULT_SERVER_PREFETCH": "._common",
         "DIRECT_REPLY_TO": "._common",
         "FEATURES": "._common",
-        "RmqOptions": "._options",
-        "RmqContext": "._server",
-        "RmqServerTransport": "._server",
+        "RabbitMQOptions": "._options",
+        "RabbitMQContext": "._server",
+        "RabbitMQServerTransport": "._server",
         "PLUGIN": "._plugin",
     },
 )

@@ -20,20 +20,20 @@ from polybus.serializers import Serializer
 from ._common import FEATURES, connection_errors, log, transport_error
 from ._frames import Properties
 from ._link import Link
-from ._options import RmqOptions
+from ._options import RabbitMQOptions
 
 if TYPE_CHECKING:
     from aiormq.abc import DeliveredMessage
 
-__all__ = ["RmqClientTransport"]
+__all__ = ["RabbitMQClientTransport"]
 
 
-class RmqClientTransport:
+class RabbitMQClientTransport:
     """Publishes to the service queue; replies arrive by direct reply-to on the same channel."""
 
     features = FEATURES
 
-    def __init__(self, options: RmqOptions, serializer: Serializer) -> None:
+    def __init__(self, options: RabbitMQOptions, serializer: Serializer) -> None:
         options.validate()
         self.options = options
         self._serializer = serializer
@@ -151,4 +151,4 @@ class RmqClientTransport:
 
     def __repr__(self) -> str:
         url = self._link.url if self._link else redact_url(self.options.urls[0])
-        return f"RmqClientTransport({url} queue={self.options.queue!r})"
+        return f"RabbitMQClientTransport({url} queue={self.options.queue!r})"

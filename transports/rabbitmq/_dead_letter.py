@@ -1,4 +1,4 @@
-"""Dead-lettering a message from the client side (``RmqContext.dead_letter``): the original
+"""Dead-lettering a message from the client side (``RabbitMQContext.dead_letter``): the original
 body and properties, plus the why and where-from headers, to a durable queue, confirmed."""
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ import aio_pika
 
 from polybus.testing.injection import Cut, FaultInjection
 
-__all__ = ["RmqFaults"]
+__all__ = ["RabbitMQFaults"]
 
 
-class RmqFaults(FaultInjection):
+class RabbitMQFaults(FaultInjection):
     greeting = b"AMQP\x00\x00\x09\x01"
 
     def answers(self, data: bytes) -> bool:

@@ -12,7 +12,7 @@ from polybus.errors import TransportError
 
 from ._common import connection_errors, log, transport_error
 from ._frames import Properties, append_body_frames, settle_frame
-from ._options import RmqOptions
+from ._options import RabbitMQOptions
 
 if TYPE_CHECKING:
     import aio_pika.abc
@@ -32,7 +32,7 @@ class Link:
 
     def __init__(
         self,
-        options: RmqOptions,
+        options: RabbitMQOptions,
         prefetch: int,
         on_lost: Callable[[BaseException | None], None],
         on_restored: Callable[[Any], Awaitable[None]],

@@ -23,7 +23,7 @@ from polybus.errors import ConfigError
 
 from ._common import DIRECT_REPLY_TO
 
-__all__ = ["RmqOptions"]
+__all__ = ["RabbitMQOptions"]
 
 # amqplib's assertQueue shorthands → queue arguments (they win over ``arguments``).
 _QUEUE_ARGUMENTS = {
@@ -41,7 +41,7 @@ _URL_ALIASES = {**TLS_FILE_ALIASES, "name": "connection_name"}
 
 
 @dataclass
-class RmqOptions(TransportOptions):
+class RabbitMQOptions(TransportOptions):
     """Options of both halves. ``urls`` may hold credentials: never shown in reprs."""
 
     urls: list[str] = field(default_factory=lambda: ["amqp://localhost:5672/"], repr=False)
@@ -75,13 +75,13 @@ class RmqOptions(TransportOptions):
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
 
     @classmethod
-    def from_url(cls, url: str) -> RmqOptions:
+    def from_url(cls, url: str) -> RabbitMQOptions:
         parts = split_url(url, ("amqp", "amqps"))
         options = cls(urls=[parts._replace(query="", fragment="").geturl()])
         return options.with_query(url_query(parts), _URL_ALIASES)
 
     @classmethod
-    def from_nest(cls, options: Mapping[str, Any]) -> RmqOptions:
+    def from_nest(cls, options: Mapping[str, Any]) -> RabbitMQOptions:
         options = dict(options)
         urls = options.pop("urls", None)
         socket = options.pop("socketOptions", None) or options.pop("socket_options", None) or {}

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from polybus.plugins import TransportPlugin
 
-from ._client import RmqClientTransport
-from ._faults import RmqFaults
-from ._options import RmqOptions
-from ._server import RmqServerTransport
+from ._client import RabbitMQClientTransport
+from ._faults import RabbitMQFaults
+from ._options import RabbitMQOptions
+from ._server import RabbitMQServerTransport
 
 __all__ = ["PLUGIN"]
 
 PLUGIN = TransportPlugin(
-    "RMQ", RmqOptions, RmqClientTransport, RmqServerTransport, faults=RmqFaults()
+    "RMQ",
+    RabbitMQOptions,
+    RabbitMQClientTransport,
+    RabbitMQServerTransport,
+    faults=RabbitMQFaults(),
 )

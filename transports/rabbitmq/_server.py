@@ -16,17 +16,17 @@ from ._common import DEFAULT_SERVER_PREFETCH, FEATURES, connection_errors, log, 
 from ._dead_letter import dead_letter
 from ._frames import Properties
 from ._link import Link
-from ._options import RmqOptions
+from ._options import RabbitMQOptions
 
 if TYPE_CHECKING:
     import aio_pika.abc
     from aiormq.abc import DeliveredMessage
     from pamqp.commands import Basic
 
-__all__ = ["RmqContext", "RmqServerTransport"]
+__all__ = ["RabbitMQContext", "RabbitMQServerTransport"]
 
 
-class RmqContext(Context):
+class RabbitMQContext(Context):
     """Context of a RabbitMQ message.
 
     - ``delivered``: the raw aiormq ``DeliveredMessage``; ``properties``: its AMQP properties
@@ -39,7 +39,7 @@ class RmqContext(Context):
     """
 
     __slots__ = ("_message", "_server", "_settled", "correlation_id", "delivered", "reply_to")
-    transport_name = "rmq"
+    transport_name = "rabbitmq"
 
     def __init__(
         self,
@@ -49,7 +49,7 @@ class RmqContext(Context):
         headers: dict[str, str] | None,
         deadline: float | None,
         delivered: DeliveredMessage,
-        server: RmqServerTransport,
+        server: RabbitMQServerTransport,
     ) -> None:
         super().__init__(pattern, data, id, headers, deadline)
         self.delivered = delivered
@@ -119,12 +119,12 @@ class RmqContext(Context):
         await server._reply(reply_to, self.correlation_id, body)
 
 
-class RmqServerTransport:
+class RabbitMQServerTransport:
     """Consumes the service queue; replies go to each request's ``reply_to``."""
 
     features = FEATURES
 
-    def __init__(self, options: RmqOptions, serializer: Serializer) -> None:
+    def __init__(self, options: RabbitMQOptions, serializer: Serializer) -> None:
         options.validate()
         self.options = options
         self._serializer = serializer
@@ -184,7 +184,7 @@ class RmqServerTransport:
         raw_headers = message.header.properties.headers
         headers = _text_headers(raw_headers) if raw_headers else None
         await sink(
-            RmqContext(
+            RabbitMQContext(
                 incoming.pattern,
                 incoming.data,
                 incoming.id,
@@ -243,7 +243,7 @@ class RmqServerTransport:
 
     def __repr__(self) -> str:
         url = self._link.url if self._link else redact_url(self.options.urls[0])
-        return f"RmqServerTransport({url} queue={self.options.queue!r})"
+        return f"RabbitMQServerTransport({url} queue={self.options.queue!r})"
 
 
 async def _no_restore(raw: Any) -> None:
