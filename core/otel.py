@@ -1,0 +1,200 @@
+"""OpenTelemetry tracing as middleware (``pip install polybus[otel]``)::
+
+    from polybus.otel import Tracing
+
+    app = Microservice(url, middleware=[Tracing()])
+    client = create_client(url, middleware=[Tracing()])
+
+One :class:`Tracing` serves both sides. A client call gets a span whose W3C trace context
+(``traceparent``, ``tracestate``; whatever the propagator writes) goes into the message's
+headers; the service extracts it and runs the handler in a child span, current while the
+handler runs, so the calls the handler makes join the same trace.
+
+Spans follow the OpenTelemetry messaging semantic conventions (1.3x): names
+``send <route>`` (a request or stream), ``publish <route>`` (an event) and
+``process <route>``; attributes ``messaging.system`` (the transport's name: ``kafka``,
+``rabbitmq``, ``nats``, ``redis``, ``mqtt``, ``tcp``, ``memory``),
+``messaging.destination.name``, ``messaging.operation.type`` (``send``/``process``),
+``messaging.operation.name`` and, on the service, ``messaging.message.conversation_id``
+(the request id). A failure sets the span's status to ERROR, ``error.type`` to the
+exception's qualified name and records an ``exception`` event.
+
+Span kinds: an event is ``PRODUCER`` → ``CONSUMER`` (the conventions' table); a request
+is ``CLIENT`` → ``SERVER``, because its caller waits for the reply as for a remote call
+(the generic span-kind rule, which the conventions defer to for what their table leaves
+out) and trace tools then count the reply time as the caller's latency.
+
+The ``opentelemetry-api`` package is needed here only: the rest of polybus never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context as OtelContext
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+
+from . import __version__
+from .middleware import (
+    ClientMiddleware,
+    EmitNext,
+    HandleNext,
+    Inbound,
+    Outgoing,
+    SendNext,
+    ServerMiddleware,
+    StreamNext,
+)
+from .packets import MISSING
+
+__all__ = ["Tracing"]
+
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"
+
+SYSTEM = "messaging.system"
+DESTINATION = "messaging.destination.name"
+DESTINATION_TEMPLATE = "messaging.destination.template"
+OPERATION_TYPE = "messaging.operation.type"
+OPERATION_NAME = "messaging.operation.name"
+CONVERSATION_ID = "messaging.message.conversation_id"
+ERROR_TYPE = "error.type"
+
+
+class Tracing(ClientMiddleware, ServerMiddleware):
+    """Traces a client's calls and a service's handlers (install it on either or both).
+
+    ``tracer_provider`` and ``propagator`` default to the global ones (looked up at each
+    call, so configuring OpenTelemetry after building the middleware works).
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        propagator: TextMapPropagator | None = None,
+    ) -> None:
+        self._tracer = trace.get_tracer(
+            "polybus", __version__, tracer_provider=tracer_provider, schema_url=SCHEMA_URL
+        )
+        self._propagator = propagator
+
+    # -- client --------------------------------------------------------------------------
+
+    async def send(self, message: Outgoing, call_next: SendNext) -> Any:
+        with self._client_span(message, "send", SpanKind.CLIENT) as span:
+            self._inject(message, span)
+            try:
+                return await call_next(message)
+            except Exception as exc:
+                _fail(span, exc)
+                raise
+
+    async def stream(self, message: Outgoing, call_next: StreamNext) -> AsyncIterator[Any]:
+        # Not made current: a context attached in an async generator would be detached in
+        # whatever context resumes it. The span still is the parent of the service's.
+        span = self._tracer.start_span(
+            f"send {message.route}",
+            kind=SpanKind.CLIENT,
+            attributes=_client_attributes(message, "send"),
+        )
+        try:
+            self._inject(message, span)
+            replies = call_next(message)
+            try:
+                async for item in replies:
+                    yield item
+            finally:  # a caller that stops early closes us; we close what we iterate
+                aclose = getattr(replies, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        except Exception as exc:
+            _fail(span, exc)
+            raise
+        finally:
+            span.end()
+
+    async def emit(self, message: Outgoing, call_next: EmitNext) -> None:
+        with self._client_span(message, "publish", SpanKind.PRODUCER) as span:
+            self._inject(message, span)
+            try:
+                await call_next(message)
+            except Exception as exc:
+                _fail(span, exc)
+                raise
+
+    def _client_span(
+        self, message: Outgoing, operation: str, kind: SpanKind
+    ) -> AbstractContextManager[Span]:
+        return self._tracer.start_as_current_span(
+            f"{operation} {message.route}",
+            kind=kind,
+            attributes=_client_attributes(message, operation),
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def _inject(self, message: Outgoing, span: Span) -> None:
+        context = trace.set_span_in_context(span)
+        if self._propagator is None:
+            propagate.inject(message.headers, context)
+        else:
+            self._propagator.inject(message.headers, context)
+
+    # -- server --------------------------------------------------------------------------
+
+    async def handle(self, message: Inbound, call_next: HandleNext) -> Any:
+        attributes: dict[str, str] = {
+            SYSTEM: message.transport,
+            DESTINATION: message.route,
+            OPERATION_TYPE: "process",
+            OPERATION_NAME: "process",
+        }
+        actual = message.context.pattern
+        if isinstance(actual, str) and actual != message.route:  # a wildcard route
+            attributes[DESTINATION] = actual
+            attributes[DESTINATION_TEMPLATE] = message.route
+        if message.id is not MISSING:
+            attributes[CONVERSATION_ID] = str(message.id)
+        with self._tracer.start_as_current_span(
+            f"process {message.route}",
+            context=self._extract(message.headers),
+            kind=SpanKind.CONSUMER if message.kind == "event" else SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                return await call_next(message)
+            except Exception as exc:
+                _fail(span, exc)
+                raise
+
+    def _extract(self, headers: dict[str, str]) -> OtelContext:
+        # Explicitly from an empty context: the remote parent, never whatever is current
+        # in the task that runs the handler.
+        if self._propagator is None:
+            return propagate.extract(headers, OtelContext())
+        return self._propagator.extract(headers, OtelContext())
+
+
+def _client_attributes(message: Outgoing, operation: str) -> dict[str, str]:
+    return {
+        SYSTEM: message.transport,
+        DESTINATION: message.route,
+        OPERATION_TYPE: "send",
+        OPERATION_NAME: operation,
+    }
+
+
+def _fail(span: Span, exc: Exception) -> None:
+    kind = type(exc)
+    qualified = kind.__qualname__
+    if kind.__module__ != "builtins":
+        qualified = f"{kind.__module__}.{qualified}"
+    span.set_attribute(ERROR_TYPE, qualified)
+    span.set_status(Status(StatusCode.ERROR, str(exc)))
+    span.record_exception(exc)
