@@ -13,26 +13,27 @@ handler runs, so the calls the handler makes join the same trace.
 Spans follow the OpenTelemetry messaging semantic conventions (1.3x): names
 ``send <route>`` (a request or stream), ``publish <route>`` (an event) and
 ``process <route>``; attributes ``messaging.system`` (the transport's name: ``kafka``,
-``rabbitmq``, ``nats``, ``redis``, ``mqtt``, ``tcp``, ``memory``),
+``rabbitmq``, ``nats`` (JetStream too), ``redis``, ``mqtt``, ``tcp``, ``memory``),
 ``messaging.destination.name``, ``messaging.operation.type`` (``send``/``process``),
 ``messaging.operation.name`` and, on the service, ``messaging.message.conversation_id``
 (the request id). A failure sets the span's status to ERROR, ``error.type`` to the
 exception's qualified name and records an ``exception`` event.
 
-Span kinds: an event is ``PRODUCER`` → ``CONSUMER`` (the conventions' table); a request
-is ``CLIENT`` → ``SERVER``, because its caller waits for the reply as for a remote call
-(the generic span-kind rule, which the conventions defer to for what their table leaves
-out) and trace tools then count the reply time as the caller's latency.
+Span kinds are ``PRODUCER`` (client) and ``CONSUMER`` (service), a request's too: the
+conventions' table for a send span whose context travels as the message's creation
+context, and what the OpenTelemetry JS kafkajs and amqplib instrumentations of a NestJS
+service emit, so a trace mixing both reads the same throughout.
 
 The ``opentelemetry-api`` package is needed here only: the rest of polybus never imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context as OtelContext
 from opentelemetry.propagators.textmap import TextMapPropagator
@@ -63,6 +64,9 @@ OPERATION_NAME = "messaging.operation.name"
 CONVERSATION_ID = "messaging.message.conversation_id"
 ERROR_TYPE = "error.type"
 
+SYSTEMS = {"nats-jetstream": "nats"}
+"""``messaging.system`` of the transports whose name is not the system's."""
+
 
 class Tracing(ClientMiddleware, ServerMiddleware):
     """Traces a client's calls and a service's handlers (install it on either or both).
@@ -85,22 +89,14 @@ class Tracing(ClientMiddleware, ServerMiddleware):
     # -- client --------------------------------------------------------------------------
 
     async def send(self, message: Outgoing, call_next: SendNext) -> Any:
-        with self._client_span(message, "send", SpanKind.CLIENT) as span:
+        with _current(self._client_span(message, "send")) as span:
             self._inject(message, span)
-            try:
-                return await call_next(message)
-            except Exception as exc:
-                _fail(span, exc)
-                raise
+            return await call_next(message)
 
     async def stream(self, message: Outgoing, call_next: StreamNext) -> AsyncIterator[Any]:
-        # Not made current: a context attached in an async generator would be detached in
+        # Not made current: a context attached in an async generator would be restored in
         # whatever context resumes it. The span still is the parent of the service's.
-        span = self._tracer.start_span(
-            f"send {message.route}",
-            kind=SpanKind.CLIENT,
-            attributes=_client_attributes(message, "send"),
-        )
+        span = self._client_span(message, "send")
         try:
             self._inject(message, span)
             replies = call_next(message)
@@ -118,23 +114,20 @@ class Tracing(ClientMiddleware, ServerMiddleware):
             span.end()
 
     async def emit(self, message: Outgoing, call_next: EmitNext) -> None:
-        with self._client_span(message, "publish", SpanKind.PRODUCER) as span:
+        with _current(self._client_span(message, "publish")) as span:
             self._inject(message, span)
-            try:
-                await call_next(message)
-            except Exception as exc:
-                _fail(span, exc)
-                raise
+            await call_next(message)
 
-    def _client_span(
-        self, message: Outgoing, operation: str, kind: SpanKind
-    ) -> AbstractContextManager[Span]:
-        return self._tracer.start_as_current_span(
+    def _client_span(self, message: Outgoing, operation: str) -> Span:
+        return self._tracer.start_span(
             f"{operation} {message.route}",
-            kind=kind,
-            attributes=_client_attributes(message, operation),
-            record_exception=False,
-            set_status_on_exception=False,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                SYSTEM: _system(message.transport),
+                DESTINATION: message.route,
+                OPERATION_TYPE: "send",
+                OPERATION_NAME: operation,
+            },
         )
 
     def _inject(self, message: Outgoing, span: Span) -> None:
@@ -148,7 +141,7 @@ class Tracing(ClientMiddleware, ServerMiddleware):
 
     async def handle(self, message: Inbound, call_next: HandleNext) -> Any:
         attributes: dict[str, str] = {
-            SYSTEM: message.transport,
+            SYSTEM: _system(message.transport),
             DESTINATION: message.route,
             OPERATION_TYPE: "process",
             OPERATION_NAME: "process",
@@ -159,19 +152,12 @@ class Tracing(ClientMiddleware, ServerMiddleware):
             attributes[DESTINATION_TEMPLATE] = message.route
         if message.id is not MISSING:
             attributes[CONVERSATION_ID] = str(message.id)
-        with self._tracer.start_as_current_span(
-            f"process {message.route}",
-            context=self._extract(message.headers),
-            kind=SpanKind.CONSUMER if message.kind == "event" else SpanKind.SERVER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                return await call_next(message)
-            except Exception as exc:
-                _fail(span, exc)
-                raise
+        remote = self._extract(message.headers)
+        span = self._tracer.start_span(
+            f"process {message.route}", remote, SpanKind.CONSUMER, attributes
+        )
+        with _current(span, remote):
+            return await call_next(message)
 
     def _extract(self, headers: dict[str, str]) -> OtelContext:
         # Explicitly from an empty context: the remote parent, never whatever is current
@@ -181,13 +167,30 @@ class Tracing(ClientMiddleware, ServerMiddleware):
         return self._propagator.extract(headers, OtelContext())
 
 
-def _client_attributes(message: Outgoing, operation: str) -> dict[str, str]:
-    return {
-        SYSTEM: message.transport,
-        DESTINATION: message.route,
-        OPERATION_TYPE: "send",
-        OPERATION_NAME: operation,
-    }
+def _system(transport: str) -> str:
+    return SYSTEMS.get(transport, transport)
+
+
+@contextmanager
+def _current(span: Span, context: OtelContext | None = None) -> Iterator[Span]:
+    """``span`` current (in ``context``) for the block, then ended, with the failure the
+    block raised recorded.
+
+    The context before is restored by value, not with :func:`~opentelemetry.context.detach`:
+    polybus starts a handler eagerly, and on Python < 3.12 one that suspends goes on in a
+    Task, in a copy of the context it started in, where a token from before the copy
+    cannot be reset (it would log "Failed to detach context" and leave the span current).
+    """
+    previous = otel_context.get_current()
+    otel_context.attach(trace.set_span_in_context(span, context))
+    try:
+        yield span
+    except Exception as exc:
+        _fail(span, exc)
+        raise
+    finally:
+        otel_context.attach(previous)
+        span.end()
 
 
 def _fail(span: Span, exc: Exception) -> None:

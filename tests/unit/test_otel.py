@@ -3,6 +3,8 @@ their kinds, names and attributes, the trace context in the headers, and failure
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -11,11 +13,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from polybus import RpcError, RpcException
 from polybus.abc import Context
+from polybus.eager import start_eagerly
 from polybus.handlers import Handler, HandlerMark
 from polybus.middleware import STREAMED, ClientMiddleware, Inbound, Outgoing, ServerMiddleware
 from polybus.otel import Tracing
@@ -82,7 +85,7 @@ async def test_send_span_and_the_context_it_injects(
     assert await tracing.send(message, call_next) == "reply"
     span = only(exporter)
     assert span.name == "send orders"
-    assert span.kind is SpanKind.CLIENT
+    assert span.kind is SpanKind.PRODUCER
     assert span.status.status_code is StatusCode.UNSET
     assert dict(span.attributes or {}) == {
         "messaging.system": "kafka",
@@ -141,7 +144,7 @@ async def test_stream_span_covers_the_iteration(
     assert items == [0, 1, 2]
     span = only(exporter)
     assert span.name == "send orders"
-    assert span.kind is SpanKind.CLIENT
+    assert span.kind is SpanKind.PRODUCER
 
 
 async def test_a_stream_closed_early_ends_its_span_and_closes_the_inner_one(
@@ -204,7 +207,7 @@ async def test_handle_continues_the_remote_trace_and_is_current(
     assert await tracing.handle(inbound({"traceparent": remote}), call_next) == "done"
     span = only(exporter)
     assert span.name == "process orders"
-    assert span.kind is SpanKind.SERVER
+    assert span.kind is SpanKind.CONSUMER
     assert span.context is not None and span.parent is not None
     assert format(span.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
     assert format(span.parent.span_id, "016x") == "b7ad6b7169203331"
@@ -233,7 +236,7 @@ async def test_handle_ignores_the_span_current_where_it_runs(
     assert process.context.trace_id != unrelated.context.trace_id
 
 
-async def test_event_handler_is_a_consumer_span(
+async def test_an_event_has_no_conversation_id(
     tracing: Tracing, exporter: InMemorySpanExporter
 ) -> None:
     async def call_next(m: Inbound) -> None:
@@ -278,6 +281,30 @@ async def test_handler_failure_is_recorded(
     assert event.name == "exception"
     assert event.attributes is not None
     assert event.attributes["exception.type"] == "polybus.errors.RpcException"
+
+
+async def test_a_handler_that_suspends_after_an_eager_start(
+    tracing: Tracing, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server starts handling eagerly; on Python < 3.12 what suspends goes on in a Task,
+    in a copy of the context it began in: the span must still be current after the
+    suspension and be gone once the handler is over, without a "Failed to detach"."""
+    seen = []
+
+    async def call_next(m: Inbound) -> None:
+        await asyncio.sleep(0)
+        seen.append(trace.get_current_span())
+
+    async def handling() -> None:
+        await tracing.handle(inbound({}), call_next)
+        seen.append(trace.get_current_span())
+
+    task = start_eagerly(asyncio.get_running_loop(), handling())
+    assert task is not None
+    await task
+    span = only(exporter)
+    assert [s.get_span_context() for s in seen] == [span.context, INVALID_SPAN_CONTEXT]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_a_given_propagator_is_used(provider: TracerProvider) -> None:
