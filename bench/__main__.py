@@ -8,6 +8,7 @@ Examples::
     python -m bench --memory                # the memory check (bench/memory.py)
     python -m bench --profile tcp,redis     # py-spy profiles of polybus RPC c=100
     python -m bench --floor                 # Python cost per message, in one process
+    python -m bench --tracing               # ... without and with polybus.otel.Tracing
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--floor", action="store_true", help="measure the Python cost per message instead"
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="measure the cost per message of polybus.otel.Tracing instead (as --floor)",
+    )
     return parser.parse_args(argv)
 
 
@@ -66,6 +72,11 @@ def main(argv: list[str]) -> None:
     if args.impls is None:
         args.impls = ",".join(runner.IMPLS)
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    if args.tracing:
+        from . import tracing
+
+        tracing.main("asyncio" if args.loop == "asyncio" else "uvloop", args.out)
+        return
     if args.floor:
         from . import floor
 

@@ -100,56 +100,71 @@ class Row(NamedTuple):
     raw: float
 
 
-async def server_floor(cfg: Config) -> list[Row]:
-    from polybus.transports.tcp._server import _ServerConnection
+class Counter:
+    """Counts what a server handled (events through ``one``, replies through the frames
+    it writes) and makes steps of ``CHUNK`` messages fed to a server connection."""
 
-    handled = 0
-    all_handled: asyncio.Future[None] | None = None
+    def __init__(self) -> None:
+        self.handled = 0
+        self.all_handled: asyncio.Future[None] | None = None
 
-    def count(messages: int) -> None:
-        nonlocal handled
-        handled += messages
-        if handled == CHUNK and all_handled is not None and not all_handled.done():
-            all_handled.set_result(None)
+    def count(self, messages: int) -> None:
+        self.handled += messages
+        done = self.all_handled
+        if self.handled == CHUNK and done is not None and not done.done():
+            done.set_result(None)
 
-    def count_one() -> None:
-        count(1)
+    def one(self) -> None:
+        self.count(1)
 
-    def count_replies(data: bytes) -> None:
-        count(data.count(b"#{"))  # one per reply frame
+    def replies(self, data: bytes) -> None:
+        self.count(data.count(b"#{"))  # one per reply frame
 
-    def reading(conn: asyncio.Protocol, read: bytes) -> Callable[[], Awaitable[int]]:
-        MemorySocket(conn, count_replies)
+    def reading(self, conn: asyncio.Protocol, read: bytes) -> Callable[[], Awaitable[int]]:
+        """A step: ``read`` (``CHUNK`` frames) fed to ``conn``, until all are handled."""
+        MemorySocket(conn, self.replies)
 
         async def step() -> int:
-            nonlocal handled, all_handled
-            handled = 0
-            all_handled = asyncio.get_running_loop().create_future()
+            self.handled = 0
+            self.all_handled = asyncio.get_running_loop().create_future()
             conn.data_received(read)  # polybus works off a read 16 frames a turn
-            await all_handled
+            await self.all_handled
             return CHUNK
 
         return step
 
-    deadline = {"x-polybus-deadline": f"{time.time() + 3600:.3f}"}
+
+def server_reads(cfg: Config, metadata: dict[str, str] | None = None) -> dict[str, bytes]:
+    """The server scenarios' reads; ``metadata`` goes in every frame (NestJS v12 headers)."""
+    meta = {"metadata": metadata} if metadata else {}
+    deadline = {"x-polybus-deadline": f"{time.time() + 3600:.3f}", **(metadata or {})}
     request = {"pattern": cfg.rpc, "data": PAYLOAD}
-    with_deadline = {**request, "metadata": deadline}
-    reads = {
-        "request, deadline in metadata": frames(with_deadline, CHUNK, ids=True),
-        "request": frames(request, CHUNK, ids=True),
-        "event": frames({"pattern": cfg.event, "data": PAYLOAD}, CHUNK, ids=False),
+    return {
+        "request, deadline in metadata": frames({**request, "metadata": deadline}, CHUNK, ids=True),
+        "request": frames({**request, **meta}, CHUNK, ids=True),
+        "event": frames({"pattern": cfg.event, "data": PAYLOAD, **meta}, CHUNK, ids=False),
     }
+
+
+def polybus_connection(app: Any) -> asyncio.Protocol:
+    """A TCP server connection of ``app`` (a running TCP service), on no socket yet."""
+    from polybus.transports.tcp._server import _ServerConnection
+
+    return _ServerConnection(app.transport)  # type: ignore[no-any-return]
+
+
+async def server_floor(cfg: Config) -> list[Row]:
+    counter = Counter()
     rows = []
-    async with impl_polybus.serve(cfg, count_one) as app:  # the service the cells run
-        for scenario, read in reads.items():
-            polybus = _ServerConnection(app.transport)  # type: ignore[arg-type]
-            raw = raw_tcp.ServerProtocol(count_one)
+    async with impl_polybus.serve(cfg, counter.one) as app:  # the service the cells run
+        for scenario, read in server_reads(cfg).items():
+            raw = raw_tcp.ServerProtocol(counter.one)
             rows.append(
                 Row(
                     "server",
                     scenario,
-                    await cpu_per_message(reading(polybus, read)),
-                    await cpu_per_message(reading(raw, read)),
+                    await cpu_per_message(counter.reading(polybus_connection(app), read)),
+                    await cpu_per_message(counter.reading(raw, read)),
                 )
             )
     return rows
@@ -173,30 +188,37 @@ def calling(
     return step
 
 
-async def client_floor(cfg: Config) -> list[Row]:
+def attach(protocol: asyncio.Protocol) -> None:
+    """Connect ``protocol`` (a client's) to the raw TCP server's code, in memory."""
+    server = raw_tcp.ServerProtocol(lambda: None)
+    client_side = MemorySocket(protocol, server.data_received)
+    MemorySocket(server, client_side.answer)
+
+
+async def memory_client(**options: Any) -> Any:
+    """A polybus TCP client with ``options``, connected in memory to the raw server."""
     from polybus import create_client
     from polybus.transports.tcp._common import FramedConnection
 
-    def attach(protocol: asyncio.Protocol) -> None:
-        server = raw_tcp.ServerProtocol(lambda: None)
-        client_side = MemorySocket(protocol, server.data_received)
-        MemorySocket(server, client_side.answer)
+    proxy = create_client("tcp://127.0.0.1:1", **options)
+    transport = proxy.transport
+    conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
+    attach(conn)
+    transport._conn = conn  # type: ignore[attr-defined]
+    await proxy.connect()  # the connection is there: binds the proxy, opens nothing
+    return proxy
 
-    async def polybus_client(**options: Any) -> Any:
-        proxy = create_client("tcp://127.0.0.1:1", **options)
-        transport = proxy.transport
-        conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
-        attach(conn)
-        transport._conn = conn  # type: ignore[attr-defined]
-        await proxy.connect()  # the connection is there: binds the proxy, opens nothing
-        return proxy
 
+CLIENT_SCENARIOS = (("RPC, 100 in flight", CHUNK), ("RPC, one at a time", 1))
+
+
+async def client_floor(cfg: Config) -> list[Row]:
     raw = raw_tcp.Client(cfg)
     attach(raw)
-    default = await polybus_client()
-    untimed = await polybus_client(timeout=None)
+    default = await memory_client()
+    untimed = await memory_client(timeout=None)
     rows = []
-    for scenario, callers in (("RPC, 100 in flight", CHUNK), ("RPC, one at a time", 1)):
+    for scenario, callers in CLIENT_SCENARIOS:
         raw_cost = await cpu_per_message(calling(partial(raw.call, PAYLOAD), callers))
         for label, proxy in ((scenario, default), (f"{scenario}, no timeout", untimed)):
             cost = await cpu_per_message(calling(partial(proxy.send, cfg.rpc, PAYLOAD), callers))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from polybus import ClientProxy, Microservice, create_client
+from polybus import ClientProxy, Microservice, ServerMiddleware, create_client
 from polybus.abc import SupportsCleanup
 
 from .common import Config
@@ -34,9 +34,11 @@ def target(cfg: Config) -> tuple[str, dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def serve(cfg: Config, on_event: Callable[[], None]) -> AsyncIterator[Microservice]:
+async def serve(
+    cfg: Config, on_event: Callable[[], None], middleware: Sequence[ServerMiddleware] = ()
+) -> AsyncIterator[Microservice]:
     url, options = target(cfg)
-    app = Microservice(url, **options)
+    app = Microservice(url, middleware=middleware, **options)
 
     @app.message_pattern(cfg.rpc)
     async def total(data: Any) -> int:
