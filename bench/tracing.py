@@ -1,11 +1,13 @@
 """``python -m bench --tracing``: what :class:`polybus.otel.Tracing` costs per message.
 
 The ``--floor`` setup (one process, in-memory socket, TCP; see floor.py), each row measured
-without middleware and with ``Tracing`` over an SDK ``TracerProvider`` (default sampler:
+without middleware, with one that only passes through (what the middleware path costs by
+itself) and with ``Tracing`` over an SDK ``TracerProvider`` (default sampler:
 every span recorded) whose ``SimpleSpanProcessor`` hands each span to an exporter that
 drops it: the cost of making, filling and ending the spans and of the trace context in the
-headers, not of shipping spans anywhere. Traced server rows read frames that carry a
-``traceparent`` in their ``metadata``, as a traced client sends them; untraced ones do not.
+headers, not of shipping spans anywhere. The server rows with middleware read frames that
+carry a ``traceparent`` in their ``metadata``, as a traced client sends them; the one
+without reads frames without.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
+
+from polybus import ClientMiddleware, ServerMiddleware
 
 from . import impl_polybus
 from .common import PAYLOAD, Config
@@ -39,6 +43,7 @@ class Row(NamedTuple):
     side: str
     scenario: str
     off: float
+    passing: float
     on: float
 
 
@@ -68,45 +73,51 @@ async def server_rows(cfg: Config, traced: Tracing) -> list[Row]:
     rows = []
     async with (
         impl_polybus.serve(cfg, counter.one) as off,
+        impl_polybus.serve(cfg, counter.one, [ServerMiddleware()]) as passing,
         impl_polybus.serve(cfg, counter.one, [traced]) as on,
     ):
         for scenario in ("request", "event"):
             costs = [
                 await cpu_per_message(counter.reading(polybus_connection(app), reads[scenario]))
-                for app, reads in ((off, plain), (on, with_context))
+                for app, reads in ((off, plain), (passing, with_context), (on, with_context))
             ]
             rows.append(Row("server", scenario, *costs))
     return rows
 
 
 async def client_rows(cfg: Config, traced: Tracing) -> list[Row]:
-    off = await memory_client()
-    on = await memory_client(middleware=[traced])
+    proxies = [
+        await memory_client(),
+        await memory_client(middleware=[ClientMiddleware()]),
+        await memory_client(middleware=[traced]),
+    ]
     rows = []
     for scenario, callers in CLIENT_SCENARIOS:
         costs = [
             await cpu_per_message(calling(partial(proxy.send, cfg.rpc, PAYLOAD), callers))
-            for proxy in (off, on)
+            for proxy in proxies
         ]
         rows.append(Row("client", scenario, *costs))
     costs = [
         await cpu_per_message(calling(partial(proxy.emit, cfg.event, PAYLOAD), CHUNK, check=False))
-        for proxy in (off, on)
+        for proxy in proxies
     ]
     rows.append(Row("client", "events, 100 in flight", *costs))
-    await off.close()
-    await on.close()
+    for proxy in proxies:
+        await proxy.close()
     return rows
 
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| side | scenario | off µs/msg | Tracing µs/msg | + µs/msg | on/off |",
-        "|---|---|---|---|---|---|",
+        "| side | scenario | no middleware µs/msg | pass-through µs/msg | Tracing µs/msg "
+        "| Tracing - none | Tracing/none |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for side, scenario, off, on in rows:
+    for side, scenario, off, passing, on in rows:
         lines.append(
-            f"| {side} | {scenario} | {off:.2f} | {on:.2f} | {on - off:.2f} | {on / off:.2f} |"
+            f"| {side} | {scenario} | {off:.2f} | {passing:.2f} | {on:.2f} | {on - off:.2f} "
+            f"| {on / off:.2f} |"
         )
     return "\n".join(lines)
 
@@ -126,8 +137,9 @@ def main(loop: str, out: Path) -> None:
         results = uvloop.run(measure())
     text = (
         f"## Tracing cost per message, TCP, in one process ({loop})\n\n"
-        "`python -m bench --tracing`: polybus without middleware and with `polybus.otel."
-        "Tracing` (SDK TracerProvider, every span recorded, exported to nowhere); see "
+        "`python -m bench --tracing`: polybus without middleware, with a pass-through one and "
+        "with `polybus.otel.Tracing` (SDK TracerProvider, every span recorded, exported to "
+        "nowhere); see "
         "bench/tracing.py. The client rows include the raw server's code answering in "
         "the same process.\n\n" + table(results) + "\n"
     )
