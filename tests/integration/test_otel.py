@@ -39,16 +39,21 @@ class Chain:
     prefix: str
     relayed: asyncio.Event
 
-    async def spans(self, count: int) -> dict[str, ReadableSpan]:
-        """The ``count`` spans once all have ended (an event's handlers run after its
-        ``emit()`` returned), by ``"<kind> <name>"``."""
+    async def finished(self, count: int) -> tuple[ReadableSpan, ...]:
+        """The ``count`` spans, once all have ended (an event's handlers run after its
+        ``emit()`` returned)."""
         for _ in range(400):
             finished = self.exporter.get_finished_spans()
             if len(finished) >= count:
                 break
             await asyncio.sleep(0.025)
-        by_key = {f"{s.kind.name} {s.name}": s for s in finished}
-        assert len(by_key) == len(finished) == count, sorted(by_key)
+        assert len(finished) == count, [s.name for s in finished]
+        return finished
+
+    async def spans(self, count: int) -> dict[str, ReadableSpan]:
+        """The ``count`` spans by ``"<kind> <name>"`` (each a different one)."""
+        by_key = {f"{s.kind.name} {s.name}": s for s in await self.finished(count)}
+        assert len(by_key) == count, sorted(by_key)
         return by_key
 
 
@@ -103,6 +108,11 @@ async def chain(
         @a.message_pattern(f"{prefix}.a-fail")
         async def relay_failing(n: int) -> int:
             return int(await to_b.send(f"{prefix}.b-fail", n))
+
+        @a.message_pattern(f"{prefix}.a-stream")
+        async def relay_each(n: int) -> AsyncIterator[int]:
+            for i in range(n):
+                yield int(await to_b.send(f"{prefix}.b", i))
 
         @a.event_pattern(f"{prefix}.a-event")
         async def relay_event(data: Any) -> None:
@@ -182,6 +192,21 @@ async def test_request_through_two_services_is_one_trace(
         assert span.parent is not None and span.parent.is_remote
         assert (span.attributes or {})["messaging.message.conversation_id"]
     assert all(s.status.status_code is StatusCode.UNSET for s in ordered)
+
+
+async def test_stream_through_two_services_is_one_trace(chain: Chain) -> None:
+    p = chain.prefix
+    assert [n async for n in chain.client.send(f"{p}.a-stream", 2, timeout=30)] == [1, 2]
+    spans = await chain.finished(6)
+    (client,) = [s for s in spans if s.name == f"send {p}.a-stream"]
+    (a,) = [s for s in spans if s.name == f"process {p}.a-stream"]
+    to_b = [s for s in spans if s.name == f"send {p}.b"]
+    b = [s for s in spans if s.name == f"process {p}.b"]
+    assert len(to_b) == len(b) == 2
+    for call, handled in zip(to_b, sorted(b, key=lambda s: s.start_time or 0), strict=True):
+        check_links([client, a, call, handled])
+    assert client.end_time is not None and a.end_time is not None
+    assert client.end_time >= a.end_time  # the client's span covers the whole iteration
 
 
 async def test_event_through_two_services_is_one_trace(
