@@ -62,6 +62,8 @@ def tracing(exporter: InMemorySpanExporter) -> Tracing:
 
 def _side(name: str) -> Side:
     reason = harness.node_available()
+    if not reason and not (harness.NEST_DIR / "node_modules" / "@opentelemetry").is_dir():
+        reason = f"no OpenTelemetry JS packages: run `npm ci` in {harness.NEST_DIR}"
     if reason:
         require(f"NestJS interop: {reason}")
     return ALL[name]
