@@ -8,6 +8,7 @@ Examples::
     python -m bench --memory                # the memory check (bench/memory.py)
     python -m bench --profile tcp,redis     # py-spy profiles of polybus RPC c=100
     python -m bench --floor                 # Python cost per message, in one process
+    python -m bench --floor --metrics       # ... with the Prometheus middleware and without
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--floor", action="store_true", help="measure the Python cost per message instead"
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="with --floor: the cost of the Prometheus middleware (on against none)",
+    )
     return parser.parse_args(argv)
 
 
@@ -69,7 +75,9 @@ def main(argv: list[str]) -> None:
     if args.floor:
         from . import floor
 
-        floor.main("asyncio" if args.loop == "asyncio" else "uvloop", args.out)
+        floor.main(
+            "asyncio" if args.loop == "asyncio" else "uvloop", args.out, metrics=args.metrics
+        )
         return
     if args.memory:
         from . import memory

@@ -100,56 +100,68 @@ class Row(NamedTuple):
     raw: float
 
 
-async def server_floor(cfg: Config) -> list[Row]:
-    from polybus.transports.tcp._server import _ServerConnection
+class Counting:
+    """Counts what the server side of one step handled: replies written, events run."""
 
-    handled = 0
-    all_handled: asyncio.Future[None] | None = None
+    def __init__(self) -> None:
+        self.handled = 0
+        self.all_handled: asyncio.Future[None] | None = None
 
-    def count(messages: int) -> None:
-        nonlocal handled
-        handled += messages
-        if handled == CHUNK and all_handled is not None and not all_handled.done():
-            all_handled.set_result(None)
+    def count(self, messages: int) -> None:
+        self.handled += messages
+        if self.handled == CHUNK and self.all_handled is not None and not self.all_handled.done():
+            self.all_handled.set_result(None)
 
-    def count_one() -> None:
-        count(1)
+    def one(self) -> None:
+        self.count(1)
 
-    def count_replies(data: bytes) -> None:
-        count(data.count(b"#{"))  # one per reply frame
+    def replies(self, data: bytes) -> None:
+        self.count(data.count(b"#{"))  # one per reply frame
 
-    def reading(conn: asyncio.Protocol, read: bytes) -> Callable[[], Awaitable[int]]:
-        MemorySocket(conn, count_replies)
+    def reading(self, conn: asyncio.Protocol, read: bytes) -> Callable[[], Awaitable[int]]:
+        """A step: ``read`` fed to ``conn``, done once all its messages were handled."""
+        MemorySocket(conn, self.replies)
 
         async def step() -> int:
-            nonlocal handled, all_handled
-            handled = 0
-            all_handled = asyncio.get_running_loop().create_future()
+            self.handled = 0
+            self.all_handled = asyncio.get_running_loop().create_future()
             conn.data_received(read)  # polybus works off a read 16 frames a turn
-            await all_handled
+            await self.all_handled
             return CHUNK
 
         return step
 
+
+def server_reads(cfg: Config) -> dict[str, bytes]:
     deadline = {"x-polybus-deadline": f"{time.time() + 3600:.3f}"}
     request = {"pattern": cfg.rpc, "data": PAYLOAD}
     with_deadline = {**request, "metadata": deadline}
-    reads = {
+    return {
         "request, deadline in metadata": frames(with_deadline, CHUNK, ids=True),
         "request": frames(request, CHUNK, ids=True),
         "event": frames({"pattern": cfg.event, "data": PAYLOAD}, CHUNK, ids=False),
     }
+
+
+def server_connection(app: Any) -> asyncio.Protocol:
+    from polybus.transports.tcp._server import _ServerConnection
+
+    return _ServerConnection(app.transport)
+
+
+async def server_floor(cfg: Config) -> list[Row]:
+    counting = Counting()
     rows = []
-    async with impl_polybus.serve(cfg, count_one) as app:  # the service the cells run
-        for scenario, read in reads.items():
-            polybus = _ServerConnection(app.transport)  # type: ignore[arg-type]
-            raw = raw_tcp.ServerProtocol(count_one)
+    async with impl_polybus.serve(cfg, counting.one) as app:  # the service the cells run
+        for scenario, read in server_reads(cfg).items():
+            polybus = server_connection(app)
+            raw = raw_tcp.ServerProtocol(counting.one)
             rows.append(
                 Row(
                     "server",
                     scenario,
-                    await cpu_per_message(reading(polybus, read)),
-                    await cpu_per_message(reading(raw, read)),
+                    await cpu_per_message(counting.reading(polybus, read)),
+                    await cpu_per_message(counting.reading(raw, read)),
                 )
             )
     return rows
@@ -173,24 +185,28 @@ def calling(
     return step
 
 
-async def client_floor(cfg: Config) -> list[Row]:
+def attach(protocol: asyncio.Protocol) -> None:
+    """Connect a client's ``protocol`` to the raw server's code, in memory."""
+    server = raw_tcp.ServerProtocol(lambda: None)
+    client_side = MemorySocket(protocol, server.data_received)
+    MemorySocket(server, client_side.answer)
+
+
+async def polybus_client(**options: Any) -> Any:
+    """A TCP ``ClientProxy`` whose connection is in memory, to the raw server's code."""
     from polybus import create_client
     from polybus.transports.tcp._common import FramedConnection
 
-    def attach(protocol: asyncio.Protocol) -> None:
-        server = raw_tcp.ServerProtocol(lambda: None)
-        client_side = MemorySocket(protocol, server.data_received)
-        MemorySocket(server, client_side.answer)
+    proxy = create_client("tcp://127.0.0.1:1", **options)
+    transport = proxy.transport
+    conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
+    attach(conn)
+    transport._conn = conn  # type: ignore[attr-defined]
+    await proxy.connect()  # the connection is there: binds the proxy, opens nothing
+    return proxy
 
-    async def polybus_client(**options: Any) -> Any:
-        proxy = create_client("tcp://127.0.0.1:1", **options)
-        transport = proxy.transport
-        conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
-        attach(conn)
-        transport._conn = conn  # type: ignore[attr-defined]
-        await proxy.connect()  # the connection is there: binds the proxy, opens nothing
-        return proxy
 
+async def client_floor(cfg: Config) -> list[Row]:
     raw = raw_tcp.Client(cfg)
     attach(raw)
     default = await polybus_client()
@@ -216,6 +232,62 @@ async def client_floor(cfg: Config) -> list[Row]:
     return rows
 
 
+async def lowest_of(
+    steps: tuple[Callable[[], Awaitable[int]], Callable[[], Awaitable[int]]], rounds: int = 3
+) -> tuple[float, float]:
+    """The lowest CPU µs per message of each of two steps, measured in turns (so that a
+    busy moment of the machine does not fall on one of them only)."""
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for i, step in enumerate(steps):
+            best[i] = min(best[i], await cpu_per_message(step))
+    return best[0], best[1]
+
+
+async def metrics_floor(cfg: Config) -> list[Row]:
+    """polybus with :class:`~polybus.prometheus.PrometheusMiddleware` (``polybus`` column)
+    against polybus without middleware (``raw`` column), on both sides."""
+    from prometheus_client import CollectorRegistry
+
+    from polybus.prometheus import PrometheusMiddleware
+
+    metrics = PrometheusMiddleware(registry=CollectorRegistry())
+    counting = Counting()
+    rows = []
+    async with (
+        impl_polybus.serve(cfg, counting.one, middleware=[metrics]) as measured,
+        impl_polybus.serve(cfg, counting.one) as plain,
+    ):
+        for scenario, read in server_reads(cfg).items():
+            on, off = await lowest_of(
+                (
+                    counting.reading(server_connection(measured), read),
+                    counting.reading(server_connection(plain), read),
+                )
+            )
+            rows.append(Row("server", scenario, on, off))
+    with_metrics = await polybus_client(middleware=[metrics])
+    without = await polybus_client()
+    for scenario, callers in (("RPC, 100 in flight", CHUNK), ("RPC, one at a time", 1)):
+        on, off = await lowest_of(
+            (
+                calling(partial(with_metrics.send, cfg.rpc, PAYLOAD), callers),
+                calling(partial(without.send, cfg.rpc, PAYLOAD), callers),
+            )
+        )
+        rows.append(Row("client", scenario, on, off))
+    on, off = await lowest_of(
+        (
+            calling(partial(with_metrics.emit, cfg.event, PAYLOAD), CHUNK, check=False),
+            calling(partial(without.emit, cfg.event, PAYLOAD), CHUNK, check=False),
+        )
+    )
+    rows.append(Row("client", "events, 100 in flight", on, off))
+    await with_metrics.close()
+    await without.close()
+    return rows
+
+
 def table(rows: list[Row]) -> str:
     lines = [
         "| side | scenario | polybus µs/msg | raw µs/msg | raw/polybus |",
@@ -226,10 +298,24 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(loop: str, out: Path) -> None:
+def metrics_table(rows: list[Row]) -> str:
+    lines = [
+        "| side | scenario | no middleware µs/msg | metrics µs/msg | added µs/msg | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for side, scenario, on, off in rows:
+        lines.append(
+            f"| {side} | {scenario} | {off:.2f} | {on:.2f} | {on - off:.2f} | {on / off:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(loop: str, out: Path, *, metrics: bool = False) -> None:
     cfg = Config(impl="polybus", transport="tcp", prefix="floor")
 
     async def measure() -> list[Row]:
+        if metrics:
+            return await metrics_floor(cfg)
         return [*await server_floor(cfg), *await client_floor(cfg)]
 
     if loop == "asyncio":
@@ -238,11 +324,23 @@ def main(loop: str, out: Path) -> None:
         import uvloop
 
         results = uvloop.run(measure())
-    text = (
-        f"## Python cost per message, TCP, in one process ({loop})\n\n"
-        "`python -m bench --floor`: no sockets; see bench/floor.py. The client rows include "
-        "the raw server's code answering in the same process.\n\n" + table(results) + "\n"
-    )
+    if metrics:
+        name = "floor-metrics.md"
+        text = (
+            f"## Cost of the Prometheus middleware per message, TCP, in one process ({loop})\n\n"
+            "`python -m bench --floor --metrics`: polybus with `PrometheusMiddleware` on both "
+            "sides against polybus without middleware, measured in turns; see bench/floor.py. "
+            "The client rows include the raw server's code answering in the same process.\n\n"
+            + metrics_table(results)
+            + "\n"
+        )
+    else:
+        name = "floor.md"
+        text = (
+            f"## Python cost per message, TCP, in one process ({loop})\n\n"
+            "`python -m bench --floor`: no sockets; see bench/floor.py. The client rows include "
+            "the raw server's code answering in the same process.\n\n" + table(results) + "\n"
+        )
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "floor.md").write_text(text)
+    (out / name).write_text(text)

@@ -34,9 +34,12 @@ def target(cfg: Config) -> tuple[str, dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def serve(cfg: Config, on_event: Callable[[], None]) -> AsyncIterator[Microservice]:
+async def serve(
+    cfg: Config, on_event: Callable[[], None], **extra: Any
+) -> AsyncIterator[Microservice]:
+    """The service; ``extra`` are more ``Microservice`` options (``middleware=``)."""
     url, options = target(cfg)
-    app = Microservice(url, **options)
+    app = Microservice(url, **options, **extra)
 
     @app.message_pattern(cfg.rpc)
     async def total(data: Any) -> int:
