@@ -28,6 +28,7 @@ from .errors import (
     TransportError,
 )
 from .handlers import event_pattern, message_pattern
+from .middleware import ClientMiddleware, Inbound, Outgoing, ServerMiddleware
 from .packets import Record
 from .plugins import TransportSpec, register_transport
 from .policy import FailurePolicy
@@ -38,6 +39,7 @@ from .server import Microservice
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Call",
+    "ClientMiddleware",
     "ClientProxy",
     "ClientRegistry",
     "ClientTransport",
@@ -46,10 +48,12 @@ __all__ = [
     "Context",
     "FailurePolicy",
     "Features",
+    "Inbound",
     "JsonSerializer",
     "Microservice",
     "MsgpackSerializer",
     "NoRespondersError",
+    "Outgoing",
     "PolybusError",
     "ProtocolError",
     "Record",
@@ -57,6 +61,7 @@ __all__ = [
     "RpcError",
     "RpcException",
     "Serializer",
+    "ServerMiddleware",
     "ServerTransport",
     "TransportError",
     "TransportSpec",
