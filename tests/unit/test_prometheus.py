@@ -10,7 +10,7 @@ from typing import Any, Literal
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from polybus import ConfigError, Context, RpcException
+from polybus import ConfigError, Context, FailurePolicy, Microservice, RpcException, create_client
 from polybus.handlers import Handler, HandlerMark
 from polybus.middleware import STREAMED, Inbound, Outgoing
 from polybus.prometheus import PrometheusMiddleware
@@ -242,6 +242,65 @@ async def test_a_closed_stream_counts_as_success_and_closes_the_inner_one(
     assert closed == [True]
     assert value(registry, PUBLISHED, destination="gen", status="success") == 1
     assert value(registry, PUBLISHED_DURATION + "_count", destination="gen") == 1
+
+
+# -- in a service and a client (the in-memory transport) -----------------------------------
+
+
+async def test_each_handler_call_counts_retries_and_fan_out_included(
+    registry: CollectorRegistry,
+) -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    mw = PrometheusMiddleware(registry=registry, app_name="svc")
+    app = Microservice(url, middleware=[mw], on_failure=FailurePolicy(retries=2, backoff=0))
+    calls: list[str] = []
+    done = asyncio.Event()
+
+    @app.event_pattern("placed")
+    async def flaky(data: Any) -> None:
+        calls.append("flaky")
+        if calls.count("flaky") < 3:
+            raise ConnectionError("not yet")
+        done.set()
+
+    @app.event_pattern("placed")
+    async def steady(data: Any) -> None:
+        calls.append("steady")
+
+    async with app, create_client(url, middleware=[mw]) as client:
+        await client.emit("placed", 1)
+        await asyncio.wait_for(done.wait(), 5)
+
+    assert calls.count("steady") == 1  # a retry runs the failed handlers only
+    assert value(registry, RECEIVED, handler="placed") == 4  # steady, flaky three times
+    assert value(registry, PROCESSED, handler="placed", status="acked") == 2
+    assert value(registry, PROCESSED, handler="placed", status="error") == 2
+    assert value(registry, EXCEPTIONS, handler="placed", exception_type="ConnectionError") == 2
+    assert value(registry, PUBLISHED, destination="placed", status="success") == 1
+
+
+async def test_a_route_s_own_middleware_counts_that_route_only(
+    registry: CollectorRegistry,
+) -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    mw = PrometheusMiddleware(registry=registry, app_name="svc")
+    app = Microservice(url)
+
+    @app.message_pattern({"cmd": "sum"}, middleware=[mw])
+    def total(data: list[int]) -> int:
+        return sum(data)
+
+    @app.message_pattern("other")
+    def other(data: Any) -> Any:
+        return data
+
+    async with app, create_client(url) as client:
+        assert await client.send({"cmd": "sum"}, [1, 2]) == 3
+        assert await client.send("other", 1) == 1
+
+    assert value(registry, PROCESSED, handler='{"cmd":"sum"}', status="acked") == 1
+    assert value(registry, RECEIVED, handler="other") == 0
+    assert value(registry, PUBLISHED, destination='{"cmd":"sum"}', status="success") == 0
 
 
 # -- configuration --------------------------------------------------------------------------
