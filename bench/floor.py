@@ -100,68 +100,56 @@ class Row(NamedTuple):
     raw: float
 
 
-class Counting:
-    """Counts what the server side of one step handled: replies written, events run."""
+async def server_floor(cfg: Config, middleware: list[Any] | None = None) -> list[Row]:
+    from polybus.transports.tcp._server import _ServerConnection
 
-    def __init__(self) -> None:
-        self.handled = 0
-        self.all_handled: asyncio.Future[None] | None = None
+    handled = 0
+    all_handled: asyncio.Future[None] | None = None
 
-    def count(self, messages: int) -> None:
-        self.handled += messages
-        if self.handled == CHUNK and self.all_handled is not None and not self.all_handled.done():
-            self.all_handled.set_result(None)
+    def count(messages: int) -> None:
+        nonlocal handled
+        handled += messages
+        if handled == CHUNK and all_handled is not None and not all_handled.done():
+            all_handled.set_result(None)
 
-    def one(self) -> None:
-        self.count(1)
+    def count_one() -> None:
+        count(1)
 
-    def replies(self, data: bytes) -> None:
-        self.count(data.count(b"#{"))  # one per reply frame
+    def count_replies(data: bytes) -> None:
+        count(data.count(b"#{"))  # one per reply frame
 
-    def reading(self, conn: asyncio.Protocol, read: bytes) -> Callable[[], Awaitable[int]]:
-        """A step: ``read`` fed to ``conn``, done once all its messages were handled."""
-        MemorySocket(conn, self.replies)
+    def reading(conn: asyncio.Protocol, read: bytes) -> Callable[[], Awaitable[int]]:
+        MemorySocket(conn, count_replies)
 
         async def step() -> int:
-            self.handled = 0
-            self.all_handled = asyncio.get_running_loop().create_future()
+            nonlocal handled, all_handled
+            handled = 0
+            all_handled = asyncio.get_running_loop().create_future()
             conn.data_received(read)  # polybus works off a read 16 frames a turn
-            await self.all_handled
+            await all_handled
             return CHUNK
 
         return step
 
-
-def server_reads(cfg: Config) -> dict[str, bytes]:
     deadline = {"x-polybus-deadline": f"{time.time() + 3600:.3f}"}
     request = {"pattern": cfg.rpc, "data": PAYLOAD}
     with_deadline = {**request, "metadata": deadline}
-    return {
+    reads = {
         "request, deadline in metadata": frames(with_deadline, CHUNK, ids=True),
         "request": frames(request, CHUNK, ids=True),
         "event": frames({"pattern": cfg.event, "data": PAYLOAD}, CHUNK, ids=False),
     }
-
-
-def server_connection(app: Any) -> asyncio.Protocol:
-    from polybus.transports.tcp._server import _ServerConnection
-
-    return _ServerConnection(app.transport)
-
-
-async def server_floor(cfg: Config) -> list[Row]:
-    counting = Counting()
     rows = []
-    async with impl_polybus.serve(cfg, counting.one) as app:  # the service the cells run
-        for scenario, read in server_reads(cfg).items():
-            polybus = server_connection(app)
-            raw = raw_tcp.ServerProtocol(counting.one)
+    async with impl_polybus.serve(cfg, count_one, middleware or ()) as app:
+        for scenario, read in reads.items():
+            polybus = _ServerConnection(app.transport)  # type: ignore[arg-type]
+            raw = raw_tcp.ServerProtocol(count_one)
             rows.append(
                 Row(
                     "server",
                     scenario,
-                    await cpu_per_message(counting.reading(polybus, read)),
-                    await cpu_per_message(counting.reading(raw, read)),
+                    await cpu_per_message(reading(polybus, read)),
+                    await cpu_per_message(reading(raw, read)),
                 )
             )
     return rows
@@ -185,28 +173,24 @@ def calling(
     return step
 
 
-def attach(protocol: asyncio.Protocol) -> None:
-    """Connect a client's ``protocol`` to the raw server's code, in memory."""
-    server = raw_tcp.ServerProtocol(lambda: None)
-    client_side = MemorySocket(protocol, server.data_received)
-    MemorySocket(server, client_side.answer)
-
-
-async def polybus_client(**options: Any) -> Any:
-    """A TCP ``ClientProxy`` whose connection is in memory, to the raw server's code."""
+async def client_floor(cfg: Config, middleware: list[Any] | None = None) -> list[Row]:
     from polybus import create_client
     from polybus.transports.tcp._common import FramedConnection
 
-    proxy = create_client("tcp://127.0.0.1:1", **options)
-    transport = proxy.transport
-    conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
-    attach(conn)
-    transport._conn = conn  # type: ignore[attr-defined]
-    await proxy.connect()  # the connection is there: binds the proxy, opens nothing
-    return proxy
+    def attach(protocol: asyncio.Protocol) -> None:
+        server = raw_tcp.ServerProtocol(lambda: None)
+        client_side = MemorySocket(protocol, server.data_received)
+        MemorySocket(server, client_side.answer)
 
+    async def polybus_client(**options: Any) -> Any:
+        proxy = create_client("tcp://127.0.0.1:1", middleware=middleware or (), **options)
+        transport = proxy.transport
+        conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
+        attach(conn)
+        transport._conn = conn  # type: ignore[attr-defined]
+        await proxy.connect()  # the connection is there: binds the proxy, opens nothing
+        return proxy
 
-async def client_floor(cfg: Config) -> list[Row]:
     raw = raw_tcp.Client(cfg)
     attach(raw)
     default = await polybus_client()
@@ -232,62 +216,6 @@ async def client_floor(cfg: Config) -> list[Row]:
     return rows
 
 
-async def lowest_of(
-    steps: tuple[Callable[[], Awaitable[int]], Callable[[], Awaitable[int]]], rounds: int = 3
-) -> tuple[float, float]:
-    """The lowest CPU µs per message of each of two steps, measured in turns (so that a
-    busy moment of the machine does not fall on one of them only)."""
-    best = [float("inf"), float("inf")]
-    for _ in range(rounds):
-        for i, step in enumerate(steps):
-            best[i] = min(best[i], await cpu_per_message(step))
-    return best[0], best[1]
-
-
-async def metrics_floor(cfg: Config) -> list[Row]:
-    """polybus with :class:`~polybus.prometheus.PrometheusMiddleware` (``polybus`` column)
-    against polybus without middleware (``raw`` column), on both sides."""
-    from prometheus_client import CollectorRegistry
-
-    from polybus.prometheus import PrometheusMiddleware
-
-    metrics = PrometheusMiddleware(registry=CollectorRegistry())
-    counting = Counting()
-    rows = []
-    async with (
-        impl_polybus.serve(cfg, counting.one, middleware=[metrics]) as measured,
-        impl_polybus.serve(cfg, counting.one) as plain,
-    ):
-        for scenario, read in server_reads(cfg).items():
-            on, off = await lowest_of(
-                (
-                    counting.reading(server_connection(measured), read),
-                    counting.reading(server_connection(plain), read),
-                )
-            )
-            rows.append(Row("server", scenario, on, off))
-    with_metrics = await polybus_client(middleware=[metrics])
-    without = await polybus_client()
-    for scenario, callers in (("RPC, 100 in flight", CHUNK), ("RPC, one at a time", 1)):
-        on, off = await lowest_of(
-            (
-                calling(partial(with_metrics.send, cfg.rpc, PAYLOAD), callers),
-                calling(partial(without.send, cfg.rpc, PAYLOAD), callers),
-            )
-        )
-        rows.append(Row("client", scenario, on, off))
-    on, off = await lowest_of(
-        (
-            calling(partial(with_metrics.emit, cfg.event, PAYLOAD), CHUNK, check=False),
-            calling(partial(without.emit, cfg.event, PAYLOAD), CHUNK, check=False),
-        )
-    )
-    rows.append(Row("client", "events, 100 in flight", on, off))
-    await with_metrics.close()
-    await without.close()
-    return rows
-
-
 def table(rows: list[Row]) -> str:
     lines = [
         "| side | scenario | polybus µs/msg | raw µs/msg | raw/polybus |",
@@ -298,49 +226,60 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def metrics_table(rows: list[Row]) -> str:
+def middleware_table(plain: list[Row], sets: dict[str, list[Row]]) -> str:
+    """polybus's cost per message with each middleware set, beside none."""
+    names = list(sets)
     lines = [
-        "| side | scenario | no middleware µs/msg | metrics µs/msg | added µs/msg | ratio |",
-        "|---|---|---|---|---|---|",
+        "| side | scenario | none µs/msg | "
+        + " | ".join(f"{name} µs/msg (Δ)" for name in names)
+        + " |",
+        "|---|---|---|" + "---|" * len(names),
     ]
-    for side, scenario, on, off in rows:
+    for i, row in enumerate(plain):
+        cells = [
+            f"{sets[n][i].polybus:.2f} ({sets[n][i].polybus - row.polybus:+.2f})" for n in names
+        ]
         lines.append(
-            f"| {side} | {scenario} | {off:.2f} | {on:.2f} | {on - off:.2f} | {on / off:.2f} |"
+            f"| {row.side} | {row.scenario} | {row.polybus:.2f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
 
 
-def main(loop: str, out: Path, *, metrics: bool = False) -> None:
-    cfg = Config(impl="polybus", transport="tcp", prefix="floor")
+def main(loop: str, out: Path, middleware: list[str] | None = None) -> None:
+    from .middleware import SETS
 
-    async def measure() -> list[Row]:
-        if metrics:
-            return await metrics_floor(cfg)
-        return [*await server_floor(cfg), *await client_floor(cfg)]
+    cfg = Config(impl="polybus", transport="tcp", prefix="floor")
+    unknown = [name for name in middleware or [] if name not in SETS]
+    if unknown:
+        raise SystemExit(f"unknown middleware set {unknown}: known {sorted(SETS)}")
+
+    async def measure() -> tuple[list[Row], dict[str, list[Row]]]:
+        plain = [*await server_floor(cfg), *await client_floor(cfg)]
+        sets = {}
+        for name in middleware or []:
+            sets[name] = [
+                *await server_floor(cfg, SETS[name]()),
+                *await client_floor(cfg, SETS[name]()),
+            ]
+        return plain, sets
 
     if loop == "asyncio":
-        results = asyncio.run(measure())
+        results, sets = asyncio.run(measure())
     else:
         import uvloop
 
-        results = uvloop.run(measure())
-    if metrics:
-        name = "floor-metrics.md"
-        text = (
-            f"## Cost of the Prometheus middleware per message, TCP, in one process ({loop})\n\n"
-            "`python -m bench --floor --metrics`: polybus with `PrometheusMiddleware` on both "
-            "sides against polybus without middleware, measured in turns; see bench/floor.py. "
-            "The client rows include the raw server's code answering in the same process.\n\n"
-            + metrics_table(results)
+        results, sets = uvloop.run(measure())
+    text = (
+        f"## Python cost per message, TCP, in one process ({loop})\n\n"
+        "`python -m bench --floor`: no sockets; see bench/floor.py. The client rows include "
+        "the raw server's code answering in the same process.\n\n" + table(results) + "\n"
+    )
+    if sets:
+        text += (
+            f"\n## With middleware (`--middleware {','.join(sets)}`, bench/middleware.py)\n\n"
+            + middleware_table(results, sets)
             + "\n"
-        )
-    else:
-        name = "floor.md"
-        text = (
-            f"## Python cost per message, TCP, in one process ({loop})\n\n"
-            "`python -m bench --floor`: no sockets; see bench/floor.py. The client rows include "
-            "the raw server's code answering in the same process.\n\n" + table(results) + "\n"
         )
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    (out / name).write_text(text)
+    (out / "floor.md").write_text(text)
