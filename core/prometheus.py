@@ -51,18 +51,31 @@ What is counted, and how polybus's outcomes map onto FastStream's statuses:
   payloads, not the bytes that crossed.
 
 Metrics are shared per registry and prefix, so several middleware objects (a client's
-and a service's, or one per ``app_name``) can use one registry.
+and a service's, or one per ``app_name``) can use one registry. They are kept in plain
+Python numbers and turned into metric families when the registry is scraped, which costs
+a message a fraction of what prometheus_client's locked ``Counter``/``Histogram`` would
+(``python -m bench --floor --middleware prometheus``); prometheus_client's multiprocess
+mode does not see them, and counters export no ``_created`` series.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, NamedTuple
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .errors import ConfigError
 from .middleware import (
@@ -76,166 +89,210 @@ from .middleware import (
     StreamNext,
 )
 
-__all__ = ["PrometheusMiddleware"]
+__all__ = ["DEFAULT_BUCKETS", "PrometheusMiddleware"]
 
 DEFAULT_BUCKETS: tuple[float, ...] = tuple(Histogram.DEFAULT_BUCKETS)
-"""prometheus_client's default buckets (5 ms to 10 s), as FastStream uses them."""
+"""prometheus_client's default buckets (5 ms to 10 s, and +Inf), as FastStream uses them."""
+
+Labels = tuple[str, str, str]
+"""(app_name, broker, handler or destination)."""
 
 
-class _Metrics:
-    """The eight metric families of one registry and prefix."""
+class _Timed:
+    """A duration histogram and an exception counter of one label set."""
 
-    def __init__(self, prefix: str, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
+    __slots__ = ("bounds", "buckets", "exceptions", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * len(bounds)  # not cumulative: summed when scraped
+        self.sum = 0.0
+        self.exceptions: dict[str, int] = {}
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def failed(self, exc: BaseException) -> None:
+        name = type(exc).__name__
+        self.exceptions[name] = self.exceptions.get(name, 0) + 1
+
+    def histogram(self, family: HistogramMetricFamily, labels: Labels, les: list[str]) -> None:
+        """Add the cumulative buckets (``les``: the bounds as Prometheus writes them)."""
+        total = 0
+        buckets = []
+        for le, count in zip(les, list(self.buckets), strict=True):
+            total += count
+            buckets.append((le, float(total)))
+        family.add_metric(labels, buckets, self.sum)
+
+    def exception_counts(self, family: CounterMetricFamily, labels: Labels) -> None:
+        for name, count in list(self.exceptions.items()):
+            family.add_metric((*labels, name), count)
+
+
+class _Received(_Timed):
+    """What one service counts for one (app_name, broker, handler)."""
+
+    __slots__ = ("acked", "error", "in_process", "received")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        super().__init__(bounds)
+        self.received = 0
+        self.in_process = 0
+        self.acked = 0
+        self.error = 0
+
+
+class _Published(_Timed):
+    """What one client counts for one (app_name, broker, destination)."""
+
+    __slots__ = ("error", "success")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        super().__init__(bounds)
+        self.success = 0
+        self.error = 0
+
+    def done(self, started: float, exc: BaseException | None) -> None:
+        self.observe(time.perf_counter() - started)
+        if exc is None:
+            self.success += 1
+        else:
+            self.error += 1
+            self.failed(exc)
+
+
+class _Metrics(Collector):
+    """The eight metric families of one registry and prefix, made from the series when
+    the registry is collected (a scrape, in the HTTP server's thread)."""
+
+    def __init__(self, prefix: str, buckets: Sequence[float]) -> None:
+        bounds = sorted(float(b) for b in buckets)
+        if not bounds or bounds[-1] != float("inf"):
+            bounds.append(float("inf"))
+        self.bounds = tuple(bounds)
+        self.les: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+        self.prefix = prefix
+        self.received: dict[Labels, _Received] = {}
+        self.published: dict[Labels, _Published] = {}
+        self._lock = threading.Lock()  # a new series against a scrape copying the dict
+
+    def received_series(self, labels: Labels) -> _Received:
+        with self._lock:
+            return self.received.setdefault(labels, _Received(self.bounds))
+
+    def published_series(self, labels: Labels) -> _Published:
+        with self._lock:
+            return self.published.setdefault(labels, _Published(self.bounds))
+
+    def _families(self) -> _Families:
+        p = self.prefix
         received = ("app_name", "broker", "handler")
         published = ("app_name", "broker", "destination")
-        self.received_total = Counter(
-            f"{prefix}_received_messages_total",
-            "Count of received messages by broker and handler",
-            received,
-            registry=None,
-        )
-        self.in_process = Gauge(
-            f"{prefix}_received_messages_in_process",
-            "Gauge of received messages in process by broker and handler",
-            received,
-            registry=None,
-        )
-        self.processed_total = Counter(
-            f"{prefix}_received_processed_messages_total",
-            "Count of received processed messages by broker, handler and status",
-            (*received, "status"),
-            registry=None,
-        )
-        self.processed_duration = Histogram(
-            f"{prefix}_received_processed_messages_duration_seconds",
-            "Histogram of received processed messages duration in seconds by broker and handler",
-            received,
-            registry=None,
-            buckets=buckets,
-        )
-        self.processed_exceptions = Counter(
-            f"{prefix}_received_processed_messages_exceptions_total",
-            "Count of received processed messages exceptions by broker, handler and exception_type",
-            (*received, "exception_type"),
-            registry=None,
-        )
-        self.published_total = Counter(
-            f"{prefix}_published_messages_total",
-            "Count of published messages by destination and status",
-            (*published, "status"),
-            registry=None,
-        )
-        self.published_duration = Histogram(
-            f"{prefix}_published_messages_duration_seconds",
-            "Histogram of published messages duration in seconds by broker and destination",
-            published,
-            registry=None,
-            buckets=buckets,
-        )
-        self.published_exceptions = Counter(
-            f"{prefix}_published_messages_exceptions_total",
-            "Count of published messages exceptions by broker, destination and exception_type",
-            (*published, "exception_type"),
-            registry=None,
-        )
-        self.collectors: tuple[Collector, ...] = (
-            self.received_total,
-            self.in_process,
-            self.processed_total,
-            self.processed_duration,
-            self.processed_exceptions,
-            self.published_total,
-            self.published_duration,
-            self.published_exceptions,
+        return _Families(
+            CounterMetricFamily(
+                f"{p}_received_messages_total",
+                "Count of received messages by broker and handler",
+                labels=received,
+            ),
+            GaugeMetricFamily(
+                f"{p}_received_messages_in_process",
+                "Gauge of received messages in process by broker and handler",
+                labels=received,
+            ),
+            CounterMetricFamily(
+                f"{p}_received_processed_messages_total",
+                "Count of received processed messages by broker, handler and status",
+                labels=(*received, "status"),
+            ),
+            HistogramMetricFamily(
+                f"{p}_received_processed_messages_duration_seconds",
+                "Histogram of received processed messages duration in seconds by broker and "
+                "handler",
+                labels=received,
+            ),
+            CounterMetricFamily(
+                f"{p}_received_processed_messages_exceptions_total",
+                "Count of received processed messages exceptions by broker, handler and "
+                "exception_type",
+                labels=(*received, "exception_type"),
+            ),
+            CounterMetricFamily(
+                f"{p}_published_messages_total",
+                "Count of published messages by destination and status",
+                labels=(*published, "status"),
+            ),
+            HistogramMetricFamily(
+                f"{p}_published_messages_duration_seconds",
+                "Histogram of published messages duration in seconds by broker and destination",
+                labels=published,
+            ),
+            CounterMetricFamily(
+                f"{p}_published_messages_exceptions_total",
+                "Count of published messages exceptions by broker, destination and exception_type",
+                labels=(*published, "exception_type"),
+            ),
         )
 
-    def register(self, registry: CollectorRegistry) -> None:
-        """Register all eight, or none: a name already taken leaves the registry as it was."""
-        done: list[Collector] = []
-        try:
-            for collector in self.collectors:
-                registry.register(collector)
-                done.append(collector)
-        except ValueError:
-            for collector in done:
-                registry.unregister(collector)
-            raise
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples: what the registry checks names against."""
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._families()
+        with self._lock:
+            received = list(self.received.items())
+            published = list(self.published.items())
+        for labels, r in received:
+            f.received.add_metric(labels, r.received)
+            f.in_process.add_metric(labels, r.in_process)
+            f.processed.add_metric((*labels, "acked"), r.acked)
+            f.processed.add_metric((*labels, "error"), r.error)
+            r.histogram(f.duration, labels, self.les)
+            r.exception_counts(f.exceptions, labels)
+        for labels, s in published:
+            f.published.add_metric((*labels, "success"), s.success)
+            f.published.add_metric((*labels, "error"), s.error)
+            s.histogram(f.published_duration, labels, self.les)
+            s.exception_counts(f.published_exceptions, labels)
+        return iter(f)
+
+
+class _Families(NamedTuple):
+    received: CounterMetricFamily
+    in_process: GaugeMetricFamily
+    processed: CounterMetricFamily
+    duration: HistogramMetricFamily
+    exceptions: CounterMetricFamily
+    published: CounterMetricFamily
+    published_duration: HistogramMetricFamily
+    published_exceptions: CounterMetricFamily
 
 
 _SHARED: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Metrics]] = (
     weakref.WeakKeyDictionary()
 )
+_SHARED_LOCK = threading.Lock()
 
 
-def _metrics(registry: CollectorRegistry, prefix: str, buckets: tuple[float, ...]) -> _Metrics:
+def _metrics(registry: CollectorRegistry, prefix: str, buckets: Sequence[float]) -> _Metrics:
     """The metrics of ``prefix`` in ``registry``, registered by the first middleware."""
-    by_prefix = _SHARED.setdefault(registry, {})
-    metrics = by_prefix.get(prefix)
-    if metrics is None:
-        try:
-            metrics = _Metrics(prefix, buckets)
-            metrics.register(registry)
-        except ValueError as exc:  # not a metric name, or one some other collector has
-            raise ConfigError(f"cannot register the {prefix}_* metrics: {exc}") from exc
-        by_prefix[prefix] = metrics
-    elif metrics.buckets != buckets:
-        raise ConfigError(
-            f"the {prefix}_* metrics of this registry already have other duration buckets"
-        )
+    wanted = _Metrics(prefix, buckets)
+    with _SHARED_LOCK:
+        by_prefix = _SHARED.setdefault(registry, {})
+        metrics = by_prefix.get(prefix)
+        if metrics is None:
+            try:
+                registry.register(wanted)
+            except ValueError as exc:  # a name some other collector has
+                raise ConfigError(f"cannot register the {prefix}_* metrics: {exc}") from exc
+            metrics = by_prefix[prefix] = wanted
+        elif metrics.bounds != wanted.bounds:
+            raise ConfigError(
+                f"the {prefix}_* metrics of this registry already have other duration buckets"
+            )
     return metrics
-
-
-class _ByType:
-    """One exception counter's series of one label set, a child per exception type."""
-
-    __slots__ = ("_children", "_family", "_labels")
-
-    def __init__(self, family: Counter, labels: tuple[str, str, str]) -> None:
-        self._family = family
-        self._labels = labels
-        self._children: dict[str, Counter] = {}
-
-    def count(self, exc: BaseException) -> None:
-        name = type(exc).__name__
-        child = self._children.get(name)
-        if child is None:
-            child = self._children[name] = self._family.labels(*self._labels, name)
-        child.inc()
-
-
-class _Received:
-    """The series of one (broker, handler): looked up once, not per message."""
-
-    __slots__ = ("acked", "duration", "error", "exceptions", "in_process", "received")
-
-    def __init__(self, metrics: _Metrics, labels: tuple[str, str, str]) -> None:
-        self.received = metrics.received_total.labels(*labels)
-        self.in_process = metrics.in_process.labels(*labels)
-        self.duration = metrics.processed_duration.labels(*labels)
-        self.acked = metrics.processed_total.labels(*labels, "acked")
-        self.error = metrics.processed_total.labels(*labels, "error")
-        self.exceptions = _ByType(metrics.processed_exceptions, labels)
-
-
-class _Published:
-    """The series of one (broker, destination)."""
-
-    __slots__ = ("duration", "error", "exceptions", "success")
-
-    def __init__(self, metrics: _Metrics, labels: tuple[str, str, str]) -> None:
-        self.duration = metrics.published_duration.labels(*labels)
-        self.success = metrics.published_total.labels(*labels, "success")
-        self.error = metrics.published_total.labels(*labels, "error")
-        self.exceptions = _ByType(metrics.published_exceptions, labels)
-
-    def done(self, started: float, exc: BaseException | None) -> None:
-        self.duration.observe(time.perf_counter() - started)
-        if exc is None:
-            self.success.inc()
-        else:
-            self.error.inc()
-            self.exceptions.count(exc)
 
 
 class PrometheusMiddleware(ClientMiddleware, ServerMiddleware):
@@ -256,14 +313,13 @@ class PrometheusMiddleware(ClientMiddleware, ServerMiddleware):
         duration_buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> None:
         if not isinstance(registry, CollectorRegistry):
-            raise ConfigError(
-                f"registry must be a prometheus_client CollectorRegistry, got {registry!r}"
-            )
+            kind = type(registry).__name__
+            raise ConfigError(f"registry must be a prometheus_client CollectorRegistry, not {kind}")
         if not metrics_prefix:
             raise ConfigError("metrics_prefix must not be empty")
         self.app_name = metrics_prefix if app_name is None else app_name
         self.metrics_prefix = metrics_prefix
-        self._metrics = _metrics(registry, metrics_prefix, tuple(duration_buckets))
+        self._metrics = _metrics(registry, metrics_prefix, duration_buckets)
         self._received: dict[tuple[str, str], _Received] = {}
         self._published: dict[tuple[str, str], _Published] = {}
 
@@ -271,34 +327,39 @@ class PrometheusMiddleware(ClientMiddleware, ServerMiddleware):
         key = (message.transport, message.route)
         series = self._received.get(key)
         if series is None:
-            series = self._received[key] = _Received(self._metrics, (self.app_name, *key))
+            series = self._metrics.received_series((self.app_name, *key))
+            self._received[key] = series
         return series
 
     def _published_series(self, message: Outgoing) -> _Published:
         key = (message.transport, message.route)
         series = self._published.get(key)
         if series is None:
-            series = self._published[key] = _Published(self._metrics, (self.app_name, *key))
+            series = self._metrics.published_series((self.app_name, *key))
+            self._published[key] = series
         return series
 
     # -- server side -----------------------------------------------------------------------
 
     async def handle(self, message: Inbound, call_next: HandleNext) -> Any:
         series = self._received_series(message)
-        series.received.inc()
-        series.in_process.inc()
+        series.received += 1
+        series.in_process += 1
         started = time.perf_counter()
         try:
             result = await call_next(message)
         except Exception as exc:
-            series.duration.observe(time.perf_counter() - started)
-            series.error.inc()
-            series.exceptions.count(exc)
+            series.in_process -= 1
+            series.observe(time.perf_counter() - started)
+            series.error += 1
+            series.failed(exc)
             raise
-        finally:
-            series.in_process.dec()
-        series.duration.observe(time.perf_counter() - started)
-        series.acked.inc()
+        except BaseException:  # cancelled at shutdown: received, never processed
+            series.in_process -= 1
+            raise
+        series.in_process -= 1
+        series.observe(time.perf_counter() - started)
+        series.acked += 1
         return result
 
     # -- client side -----------------------------------------------------------------------

@@ -55,11 +55,12 @@ async def test_metrics_scraped_over_http_count_every_message(url: str) -> None:
     features = features_of(url)
     token = uuid.uuid4().hex[:12]
     prefix = f"pbm{token}_"
-    isolation = {features.isolation_option: f"polybus-prom-{token}"} if features.isolation_option else {}
+    option = features.isolation_option
+    isolation = {option: f"polybus-prom-{token}"} if option else {}
     registry = CollectorRegistry()
     metrics = PrometheusMiddleware(registry=registry, app_name="orders")
     ok: Any = {"cmd": f"{prefix}sum"} if features.object_patterns else f"{prefix}sum"
-    refuse, crash, items, placed = (f"{prefix}{name}" for name in ("refuse", "crash", "items", "placed"))
+    refuse, crash, items, placed = (f"{prefix}{n}" for n in ("refuse", "crash", "items", "placed"))
     app = Microservice(url, middleware=[metrics], **isolation)
     seen: list[Any] = []
     all_seen = asyncio.Event()

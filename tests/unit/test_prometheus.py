@@ -303,6 +303,22 @@ async def test_a_route_s_own_middleware_counts_that_route_only(
     assert value(registry, PUBLISHED, destination='{"cmd":"sum"}', status="success") == 0
 
 
+def test_histogram_buckets_are_cumulative_and_bounds_inclusive(
+    registry: CollectorRegistry,
+) -> None:
+    mw = PrometheusMiddleware(registry=registry, app_name="svc", duration_buckets=(0.1, 0.01))
+    series = mw._metrics.received_series(("svc", "memory", "sum"))
+    for seconds in (0.001, 0.01, 0.05, 3.0):  # 0.01 falls in le="0.01"
+        series.observe(seconds)
+    buckets = {
+        le: value(registry, DURATION + "_bucket", handler="sum", le=le)
+        for le in ("0.01", "0.1", "+Inf")
+    }
+    assert buckets == {"0.01": 2, "0.1": 3, "+Inf": 4}
+    assert value(registry, DURATION + "_count", handler="sum") == 4
+    assert value(registry, DURATION + "_sum", handler="sum") == pytest.approx(3.061)
+
+
 # -- configuration --------------------------------------------------------------------------
 
 
@@ -339,8 +355,7 @@ def test_the_global_registry_is_the_default() -> None:
     try:
         assert f"{prefix}_received_messages" in {m.name for m in REGISTRY.collect()}
     finally:
-        for collector in mw._metrics.collectors:
-            REGISTRY.unregister(collector)
+        REGISTRY.unregister(mw._metrics)
 
 
 def test_bad_configuration_is_a_config_error(registry: CollectorRegistry) -> None:
