@@ -7,8 +7,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import httpx
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, make_asgi_app
 
 from polybus import ConfigError, Context, FailurePolicy, Microservice, RpcException, create_client
 from polybus.handlers import Handler, HandlerMark
@@ -317,6 +318,27 @@ def test_histogram_buckets_are_cumulative_and_bounds_inclusive(
     assert buckets == {"0.01": 2, "0.1": 3, "+Inf": 4}
     assert value(registry, DURATION + "_count", handler="sum") == 4
     assert value(registry, DURATION + "_sum", handler="sum") == pytest.approx(3.061)
+
+
+async def test_a_fastapi_app_serves_them_where_make_asgi_app_is_mounted(
+    registry: CollectorRegistry,
+) -> None:
+    from fastapi import FastAPI
+
+    mw = PrometheusMiddleware(registry=registry, app_name="svc")
+
+    async def call_next(message: Inbound) -> Any:
+        return None
+
+    await mw.handle(inbound(), call_next)
+    http_app = FastAPI()
+    http_app.mount("/metrics", make_asgi_app(registry))  # the README's line
+    transport = httpx.ASGITransport(app=http_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as http:
+        answer = await http.get("/metrics", follow_redirects=True)  # as Prometheus does
+    assert answer.status_code == 200
+    line = 'polybus_received_messages_total{app_name="svc",broker="memory",handler="sum"} 1.0'
+    assert line in answer.text.splitlines()
 
 
 # -- configuration --------------------------------------------------------------------------
