@@ -54,8 +54,9 @@ Metrics are shared per registry and prefix, so several middleware objects (a cli
 and a service's, or one per ``app_name``) can use one registry. They are kept in plain
 Python numbers and turned into metric families when the registry is scraped, which costs
 a message a fraction of what prometheus_client's locked ``Counter``/``Histogram`` would
-(``python -m bench --floor --middleware prometheus``); prometheus_client's multiprocess
-mode does not see them, and counters export no ``_created`` series.
+(``python -m bench --floor --middleware prometheus``). So: one middleware object counts
+from one event loop's thread (scrapes may come from any thread), prometheus_client's
+multiprocess mode does not see these series, and counters export no ``_created`` samples.
 """
 
 from __future__ import annotations
@@ -168,7 +169,11 @@ class _Metrics(Collector):
     the registry is collected (a scrape, in the HTTP server's thread)."""
 
     def __init__(self, prefix: str, buckets: Sequence[float]) -> None:
-        bounds = sorted(float(b) for b in buckets)
+        if isinstance(buckets, (str, bytes)) or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and b == b for b in buckets
+        ):
+            raise ConfigError(f"duration_buckets must be numbers (seconds), got {buckets!r}")
+        bounds = sorted(float(b) for b in set(buckets))
         if not bounds or bounds[-1] != float("inf"):
             bounds.append(float("inf"))
         self.bounds = tuple(bounds)
@@ -315,8 +320,10 @@ class PrometheusMiddleware(ClientMiddleware, ServerMiddleware):
         if not isinstance(registry, CollectorRegistry):
             kind = type(registry).__name__
             raise ConfigError(f"registry must be a prometheus_client CollectorRegistry, not {kind}")
-        if not metrics_prefix:
-            raise ConfigError("metrics_prefix must not be empty")
+        if not isinstance(metrics_prefix, str) or not metrics_prefix:
+            raise ConfigError("metrics_prefix must be a non-empty string")
+        if app_name is not None and not isinstance(app_name, str):
+            raise ConfigError(f"app_name must be a string, got {type(app_name).__name__}")
         self.app_name = metrics_prefix if app_name is None else app_name
         self.metrics_prefix = metrics_prefix
         self._metrics = _metrics(registry, metrics_prefix, duration_buckets)
