@@ -9,6 +9,7 @@ polybus microservice. Each checks a sum with an object pattern, a streamed reply
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,3 +146,53 @@ async def test_polybus_caller_gets_none_and_each_stream_item_as_it_is_emitted(
     assert max(late) < TICK / 2, f"items arrived {late} s after they were emitted"
     gaps = [b - a for (_, a), (_, b) in itertools.pairwise(arrived)]
     assert all(TICK / 2 < gap < TICK * 1.5 for gap in gaps), f"gaps between items: {gaps}"
+
+
+WILDCARDS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # side: (a handler pattern with wildcards, a pattern it matches, the option turning
+    # wildcards on, the same name on both sides); RabbitMQ's: test_interop_rabbitmq.py
+    "nats": ("wild.*", "wild.abc", {}),
+    "redis": ("wild*", "wild.abc", {"wildcards": True}),
+    "mqtt": ("wild/+", "wild/abc", {}),
+}
+
+
+@pytest.fixture(params=list(WILDCARDS))
+def wild_side(request: pytest.FixtureRequest) -> str:
+    reason = harness.node_available()
+    if reason:
+        require(f"NestJS interop: {reason}")
+    name: str = request.param
+    return name
+
+
+async def test_nestjs_client_reaches_a_polybus_wildcard_handler(wild_side: str) -> None:
+    """A request to a pattern only a wildcard handler matches gets that handler's reply."""
+    side = SIDES[wild_side]
+    handler, concrete, options = WILDCARDS[wild_side]
+    prefix = harness.unique_prefix()
+    url = side.url(prefix)
+    env = {"NEST_PREFIX": prefix, "NEST_WILDCARD_SEND": prefix + concrete, **side.env(url, prefix)}
+    async with build_twin(url, prefix, wildcard=prefix + handler, **options):
+        result = await harness.run_nest_client(side.nest, env, timeout=90)
+    assert result["wild"] == {"wild": "w"}
+    assert result["sum"] == 10  # exact routes still work with wildcards on
+
+
+async def test_polybus_client_reaches_a_nestjs_wildcard_handler(wild_side: str) -> None:
+    side = SIDES[wild_side]
+    handler, concrete, options = WILDCARDS[wild_side]
+    prefix = harness.unique_prefix()
+    url = side.url(prefix)
+    env = {
+        "NEST_PREFIX": prefix,
+        "NEST_WILDCARD": prefix + handler,
+        "NEST_OPTIONS": json.dumps(options),
+        **side.env(url, prefix),
+    }
+    async with (
+        harness.start_nest_server(side.nest, env),
+        create_client(url, timeout=30) as client,
+    ):
+        assert await client.send(prefix + concrete, "w") == {"wild": "w"}
+        assert await client.send(patterns(prefix)["sum"], [1, 2, 3, 4]) == 10
