@@ -102,29 +102,34 @@ async def test_nestjs_and_polybus_servers_share_one_queue(
 # -- exchanges: NestJS wildcards (a topic exchange named as the queue) and fanout -----------
 
 
-def exchange_mode(mode: str, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(NestJS options, polybus options)`` of one exchange mode, the same on both sides:
-    ``wildcards`` routes ``*``/``#`` patterns over a topic exchange named as the queue;
-    ``fanout`` publishes to a named fanout exchange declared with arguments (a side that
-    declared other arguments would get a 406)."""
+def exchange_mode(
+    amqp: str, prefix: str, mode: str, wildcard: tuple[str, str]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """``(NestJS env, polybus options)`` of one exchange mode, the same on both sides:
+    ``wildcards`` routes ``*``/``#`` patterns over a topic exchange named as the queue (and
+    sets ``wildcard``, a NEST_* variable and its value, in the env); ``fanout`` publishes to
+    a named fanout exchange declared with arguments (a side that declared other arguments
+    would get a 406)."""
+    env = nest_env(amqp, prefix)
     if mode == "wildcards":
-        return {"wildcards": True}, {"wildcards": True}
+        env.update([wildcard], NEST_OPTIONS=json.dumps({"wildcards": True}))
+        return env, {"wildcards": True}
     arguments = {"alternate-exchange": f"{prefix}unrouted"}
     nest = {"exchange": f"{prefix}fan", "exchangeType": "fanout", "exchangeArguments": arguments}
-    ours = {"exchange": f"{prefix}fan", "exchange_type": "fanout", "exchange_arguments": arguments}
-    return nest, ours
+    env["NEST_OPTIONS"] = json.dumps(nest)
+    return env, {
+        "exchange": f"{prefix}fan",
+        "exchange_type": "fanout",
+        "exchange_arguments": arguments,
+    }
 
 
 @pytest.mark.parametrize("mode", ["wildcards", "fanout"])
 async def test_nestjs_client_calls_polybus_server_over_an_exchange(
     nest_ready: None, amqp: str, prefix: str, mode: str
 ) -> None:
-    nest_options, options = exchange_mode(mode, prefix)
-    env = {**nest_env(amqp, prefix), "NEST_OPTIONS": json.dumps(nest_options)}
-    wildcard = None
-    if mode == "wildcards":
-        env["NEST_WILDCARD_SEND"] = f"{prefix}wild.abc"
-        wildcard = f"{prefix}wild.*"
+    env, options = exchange_mode(amqp, prefix, mode, ("NEST_WILDCARD_SEND", f"{prefix}wild.abc"))
+    wildcard = f"{prefix}wild.*" if mode == "wildcards" else None
     async with build_twin(polybus_url(amqp, prefix), prefix, wildcard=wildcard, **options) as twin:
         result = await harness.run_nest_client("RMQ", env, timeout=90)
         await twin.wait_for_events(1)
@@ -139,10 +144,7 @@ async def test_nestjs_client_calls_polybus_server_over_an_exchange(
 async def test_polybus_client_calls_nestjs_server_over_an_exchange(
     nest_ready: None, amqp: str, prefix: str, mode: str
 ) -> None:
-    nest_options, options = exchange_mode(mode, prefix)
-    env = {**nest_env(amqp, prefix), "NEST_OPTIONS": json.dumps(nest_options)}
-    if mode == "wildcards":
-        env["NEST_WILDCARD"] = f"{prefix}wild.*"
+    env, options = exchange_mode(amqp, prefix, mode, ("NEST_WILDCARD", f"{prefix}wild.*"))
     p = patterns(prefix)
     async with (
         harness.start_nest_server("RMQ", env) as nest,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import Any
 
 from harness import wait_until
@@ -55,12 +54,7 @@ class Twin:
         await self.app.listen()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.app.close()
 
     async def wait_for_events(self, n: int, timeout: float = 10.0) -> list[Any]:
