@@ -918,3 +918,29 @@ async def test_wildcards_publish_with_the_pattern_as_routing_key(amqp: str, queu
             keys.append(message.routing_key)
             await message.ack()
     assert keys == ["a.b", '{"role":"x","cmd":"y"}']
+
+
+async def test_a_client_with_exchange_and_routing_key_binds_its_queue(
+    amqp: str, queue: str
+) -> None:
+    """Without ``wildcards``/``fanout`` a NestJS client asserts its queue, binds it to
+    ``exchange`` with ``routing_key``, and still publishes straight to the queue."""
+    exchange = f"{queue}-direct"
+    async with deleted_after(amqp, exchange):
+        async with raw_channel(amqp) as channel:
+            await channel.declare_exchange(exchange, "direct", durable=True)
+        url = with_queue(amqp, queue, exchange=exchange, routing_key="rk")
+        async with create_client(url) as client, raw_channel(amqp) as channel:
+            await client.emit("direct", 1)
+            target = await channel.get_exchange(exchange)
+            body = orjson.dumps({"pattern": "bound", "data": 2})
+            await target.publish(aio_pika.Message(body), routing_key="rk")
+            await wait_for_depth(amqp, queue, 2)
+
+
+async def wait_for_depth(amqp: str, queue: str, n: int) -> None:
+    for _ in range(250):
+        if await ready_count(amqp, queue) >= n:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"queue {queue!r} never held {n} messages")

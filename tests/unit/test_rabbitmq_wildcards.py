@@ -30,3 +30,14 @@ VECTORS = [
 @pytest.mark.parametrize(("pattern", "key", "expected"), VECTORS)
 def test_matches_as_nestjs(pattern: str, key: str, expected: bool) -> None:
     assert matches_topic(pattern, key) is expected
+
+
+def test_the_first_registered_wildcard_route_wins() -> None:
+    """NestJS tries wildcard handlers in registration order, after the exact route."""
+    from polybus.patterns import WildcardRoutes
+
+    first = WildcardRoutes(["a.#", "a.*", "a.b"], "*#", matches_topic)
+    assert first.route_of("a.b") == "a.b"
+    assert first.route_of("a.c") == "a.#"
+    assert WildcardRoutes(["a.*", "a.#"], "*#", matches_topic).route_of("a.c") == "a.*"
+    assert first.route_of("b") is None
