@@ -86,7 +86,9 @@ class RabbitMQOptions(TransportOptions):
     """NestJS ``wildcards``: the server binds its queue with every handler route and routes
     a pattern no route equals to the first ``*``/``#`` handler route matching it
     (``.``-separated words); the client publishes to ``exchange`` with routing key = the
-    pattern (a string as is, else compact JSON in the caller's key order)."""
+    pattern (a string as is, else compact JSON in the caller's key order). As with NestJS,
+    the client declares only the exchange: what it publishes before a server bound its
+    queue, or under a key no binding matches, the broker drops (a request times out)."""
     exchange_arguments: dict[str, Any] = field(default_factory=dict)
     """NestJS ``exchangeArguments``: the ``arguments`` of the exchange declaration."""
 
