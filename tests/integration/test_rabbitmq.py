@@ -944,3 +944,32 @@ async def wait_for_depth(amqp: str, queue: str, n: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"queue {queue!r} never held {n} messages")
+
+
+@needs_rabbitmqctl
+async def test_wildcards_survive_connection_drops(amqp: str, queue: str) -> None:
+    """Both sides' connections dropped: the exchange and bindings are declared again on
+    the new channels and wildcard routing goes on."""
+    url = with_queue(amqp, queue, wildcards="true", reconnect_interval="0.2")
+    tag = uuid.uuid4().hex[:8]
+    app = Microservice(url, connection_name=f"pbtest-server-{tag}")
+
+    @app.message_pattern("orders.*")
+    def star(_: Any, context: RabbitMQContext) -> str | None:
+        return context.routing_key
+
+    async with (
+        deleted_after(amqp, queue),
+        app,
+        create_client(url, connection_name=f"pbtest-client-{tag}") as client,
+    ):
+        assert await client.send("orders.a", None) == "orders.a"
+        assert await asyncio.to_thread(_close_connections, f"pbtest-server-{tag}") == 1
+        assert await asyncio.to_thread(_close_connections, f"pbtest-client-{tag}") == 1
+        for _ in range(50):  # the client fails calls until its channel is back
+            with contextlib.suppress(TransportError):
+                assert await client.send("orders.b", None, timeout=15) == "orders.b"
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("never answered after the drops")
