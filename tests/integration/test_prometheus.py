@@ -23,10 +23,16 @@ TRANSPORTS: dict[str, Callable[[], str]] = {
     "tcp": lambda: "tcp://127.0.0.1:0",
     "redis": lambda: broker_url("redis"),
     "nats": lambda: broker_url("nats"),
+    "nats-jetstream": lambda: _with_query(broker_url("nats"), "jetstream=true"),
     "rabbitmq": lambda: broker_url("rabbitmq"),
     "kafka": lambda: broker_url("kafka"),
     "mqtt": lambda: broker_url("mqtt"),
 }
+
+
+def _with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
 
 OK, REFUSED, CRASHED, EVENTS, STREAMED_ITEMS = 5, 3, 2, 4, 3
 
