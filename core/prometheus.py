@@ -169,11 +169,15 @@ class _Metrics(Collector):
     the registry is collected (a scrape, in the HTTP server's thread)."""
 
     def __init__(self, prefix: str, buckets: Sequence[float]) -> None:
-        if isinstance(buckets, (str, bytes)) or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and b == b for b in buckets
+        try:
+            values = [] if isinstance(buckets, (str, bytes)) else list(buckets)
+        except TypeError:  # not iterable
+            values = []
+        if not values or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and b == b for b in values
         ):
             raise ConfigError(f"duration_buckets must be numbers (seconds), got {buckets!r}")
-        bounds = sorted(float(b) for b in set(buckets))
+        bounds = sorted(float(b) for b in set(values))
         if not bounds or bounds[-1] != float("inf"):
             bounds.append(float("inf"))
         self.bounds = tuple(bounds)

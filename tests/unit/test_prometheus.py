@@ -392,7 +392,7 @@ def test_bad_configuration_is_a_config_error(registry: CollectorRegistry) -> Non
     PrometheusMiddleware(registry=registry, metrics_prefix="taken")
     with pytest.raises(ConfigError, match="app_name"):
         PrometheusMiddleware(registry=registry, app_name=3)  # type: ignore[arg-type]
-    for buckets in ([0.1, "1"], [float("nan")], "0.1"):
+    for buckets in ([0.1, "1"], [float("nan")], "0.1", 0.1, []):
         with pytest.raises(ConfigError, match="duration_buckets"):
             PrometheusMiddleware(registry=registry, duration_buckets=buckets)  # type: ignore[arg-type]
     PrometheusMiddleware(registry=registry, duration_buckets=(0.001, 0.01))
