@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -398,3 +400,12 @@ def test_bad_configuration_is_a_config_error(registry: CollectorRegistry) -> Non
     PrometheusMiddleware(registry=registry, duration_buckets=(0.001, 0.01))
     with pytest.raises(ConfigError, match="buckets"):
         PrometheusMiddleware(registry=registry, duration_buckets=(0.5,))
+
+
+def test_importing_polybus_does_not_load_prometheus_client() -> None:
+    code = (
+        "import sys, polybus, polybus.middleware, polybus.cli\n"
+        "loaded = {'prometheus_client', 'polybus.prometheus'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
