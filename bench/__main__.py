@@ -8,7 +8,6 @@ Examples::
     python -m bench --memory                # the memory check (bench/memory.py)
     python -m bench --profile tcp,redis     # py-spy profiles of polybus RPC c=100
     python -m bench --floor                 # Python cost per message, in one process
-    python -m bench --tracing               # ... without and with polybus.otel.Tracing
 """
 
 from __future__ import annotations
@@ -49,9 +48,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--floor", action="store_true", help="measure the Python cost per message instead"
     )
     parser.add_argument(
-        "--tracing",
-        action="store_true",
-        help="measure the cost per message of polybus.otel.Tracing instead (as --floor)",
+        "--middleware",
+        default="",
+        help="with --floor: also measure these middleware sets (bench/middleware.py), "
+        "comma-separated, against none",
     )
     return parser.parse_args(argv)
 
@@ -72,15 +72,11 @@ def main(argv: list[str]) -> None:
     if args.impls is None:
         args.impls = ",".join(runner.IMPLS)
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
-    if args.tracing:
-        from . import tracing
-
-        tracing.main("asyncio" if args.loop == "asyncio" else "uvloop", args.out)
-        return
     if args.floor:
         from . import floor
 
-        floor.main("asyncio" if args.loop == "asyncio" else "uvloop", args.out)
+        middleware = [m.strip() for m in args.middleware.split(",") if m.strip()]
+        floor.main("asyncio" if args.loop == "asyncio" else "uvloop", args.out, middleware)
         return
     if args.memory:
         from . import memory

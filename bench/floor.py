@@ -100,71 +100,56 @@ class Row(NamedTuple):
     raw: float
 
 
-class Counter:
-    """Counts what a server handled (events through ``one``, replies through the frames
-    it writes) and makes steps of ``CHUNK`` messages fed to a server connection."""
+async def server_floor(cfg: Config, middleware: list[Any] | None = None) -> list[Row]:
+    from polybus.transports.tcp._server import _ServerConnection
 
-    def __init__(self) -> None:
-        self.handled = 0
-        self.all_handled: asyncio.Future[None] | None = None
+    handled = 0
+    all_handled: asyncio.Future[None] | None = None
 
-    def count(self, messages: int) -> None:
-        self.handled += messages
-        done = self.all_handled
-        if self.handled == CHUNK and done is not None and not done.done():
-            done.set_result(None)
+    def count(messages: int) -> None:
+        nonlocal handled
+        handled += messages
+        if handled == CHUNK and all_handled is not None and not all_handled.done():
+            all_handled.set_result(None)
 
-    def one(self) -> None:
-        self.count(1)
+    def count_one() -> None:
+        count(1)
 
-    def replies(self, data: bytes) -> None:
-        self.count(data.count(b"#{"))  # one per reply frame
+    def count_replies(data: bytes) -> None:
+        count(data.count(b"#{"))  # one per reply frame
 
-    def reading(self, conn: asyncio.Protocol, read: bytes) -> Callable[[], Awaitable[int]]:
-        """A step: ``read`` (``CHUNK`` frames) fed to ``conn``, until all are handled."""
-        MemorySocket(conn, self.replies)
+    def reading(conn: asyncio.Protocol, read: bytes) -> Callable[[], Awaitable[int]]:
+        MemorySocket(conn, count_replies)
 
         async def step() -> int:
-            self.handled = 0
-            self.all_handled = asyncio.get_running_loop().create_future()
+            nonlocal handled, all_handled
+            handled = 0
+            all_handled = asyncio.get_running_loop().create_future()
             conn.data_received(read)  # polybus works off a read 16 frames a turn
-            await self.all_handled
+            await all_handled
             return CHUNK
 
         return step
 
-
-def server_reads(cfg: Config, metadata: dict[str, str] | None = None) -> dict[str, bytes]:
-    """The server scenarios' reads; ``metadata`` goes in every frame (NestJS v12 headers)."""
-    meta = {"metadata": metadata} if metadata else {}
-    deadline = {"x-polybus-deadline": f"{time.time() + 3600:.3f}", **(metadata or {})}
+    deadline = {"x-polybus-deadline": f"{time.time() + 3600:.3f}"}
     request = {"pattern": cfg.rpc, "data": PAYLOAD}
-    return {
-        "request, deadline in metadata": frames({**request, "metadata": deadline}, CHUNK, ids=True),
-        "request": frames({**request, **meta}, CHUNK, ids=True),
-        "event": frames({"pattern": cfg.event, "data": PAYLOAD, **meta}, CHUNK, ids=False),
+    with_deadline = {**request, "metadata": deadline}
+    reads = {
+        "request, deadline in metadata": frames(with_deadline, CHUNK, ids=True),
+        "request": frames(request, CHUNK, ids=True),
+        "event": frames({"pattern": cfg.event, "data": PAYLOAD}, CHUNK, ids=False),
     }
-
-
-def polybus_connection(app: Any) -> asyncio.Protocol:
-    """A TCP server connection of ``app`` (a running TCP service), on no socket yet."""
-    from polybus.transports.tcp._server import _ServerConnection
-
-    return _ServerConnection(app.transport)  # type: ignore[no-any-return]
-
-
-async def server_floor(cfg: Config) -> list[Row]:
-    counter = Counter()
     rows = []
-    async with impl_polybus.serve(cfg, counter.one) as app:  # the service the cells run
-        for scenario, read in server_reads(cfg).items():
-            raw = raw_tcp.ServerProtocol(counter.one)
+    async with impl_polybus.serve(cfg, count_one, middleware or ()) as app:
+        for scenario, read in reads.items():
+            polybus = _ServerConnection(app.transport)  # type: ignore[arg-type]
+            raw = raw_tcp.ServerProtocol(count_one)
             rows.append(
                 Row(
                     "server",
                     scenario,
-                    await cpu_per_message(counter.reading(polybus_connection(app), read)),
-                    await cpu_per_message(counter.reading(raw, read)),
+                    await cpu_per_message(reading(polybus, read)),
+                    await cpu_per_message(reading(raw, read)),
                 )
             )
     return rows
@@ -188,37 +173,30 @@ def calling(
     return step
 
 
-def attach(protocol: asyncio.Protocol) -> None:
-    """Connect ``protocol`` (a client's) to the raw TCP server's code, in memory."""
-    server = raw_tcp.ServerProtocol(lambda: None)
-    client_side = MemorySocket(protocol, server.data_received)
-    MemorySocket(server, client_side.answer)
-
-
-async def memory_client(**options: Any) -> Any:
-    """A polybus TCP client with ``options``, connected in memory to the raw server."""
+async def client_floor(cfg: Config, middleware: list[Any] | None = None) -> list[Row]:
     from polybus import create_client
     from polybus.transports.tcp._common import FramedConnection
 
-    proxy = create_client("tcp://127.0.0.1:1", **options)
-    transport = proxy.transport
-    conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
-    attach(conn)
-    transport._conn = conn  # type: ignore[attr-defined]
-    await proxy.connect()  # the connection is there: binds the proxy, opens nothing
-    return proxy
+    def attach(protocol: asyncio.Protocol) -> None:
+        server = raw_tcp.ServerProtocol(lambda: None)
+        client_side = MemorySocket(protocol, server.data_received)
+        MemorySocket(server, client_side.answer)
 
+    async def polybus_client(**options: Any) -> Any:
+        proxy = create_client("tcp://127.0.0.1:1", middleware=middleware or (), **options)
+        transport = proxy.transport
+        conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
+        attach(conn)
+        transport._conn = conn  # type: ignore[attr-defined]
+        await proxy.connect()  # the connection is there: binds the proxy, opens nothing
+        return proxy
 
-CLIENT_SCENARIOS = (("RPC, 100 in flight", CHUNK), ("RPC, one at a time", 1))
-
-
-async def client_floor(cfg: Config) -> list[Row]:
     raw = raw_tcp.Client(cfg)
     attach(raw)
-    default = await memory_client()
-    untimed = await memory_client(timeout=None)
+    default = await polybus_client()
+    untimed = await polybus_client(timeout=None)
     rows = []
-    for scenario, callers in CLIENT_SCENARIOS:
+    for scenario, callers in (("RPC, 100 in flight", CHUNK), ("RPC, one at a time", 1)):
         raw_cost = await cpu_per_message(calling(partial(raw.call, PAYLOAD), callers))
         for label, proxy in ((scenario, default), (f"{scenario}, no timeout", untimed)):
             cost = await cpu_per_message(calling(partial(proxy.send, cfg.rpc, PAYLOAD), callers))
@@ -248,23 +226,79 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(loop: str, out: Path) -> None:
-    cfg = Config(impl="polybus", transport="tcp", prefix="floor")
+def middleware_table(plain: list[Row], sets: dict[str, list[Row]]) -> str:
+    """polybus's cost per message with each middleware set, beside none."""
+    names = list(sets)
+    lines = [
+        "| side | scenario | none µs/msg | "
+        + " | ".join(f"{name} µs/msg (Δ, ratio)" for name in names)
+        + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for i, row in enumerate(plain):
+        cells = [
+            f"{sets[n][i].polybus:.2f} ({sets[n][i].polybus - row.polybus:+.2f}, "
+            f"{sets[n][i].polybus / row.polybus:.2f})"
+            for n in names
+        ]
+        lines.append(
+            f"| {row.side} | {row.scenario} | {row.polybus:.2f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
 
-    async def measure() -> list[Row]:
-        return [*await server_floor(cfg), *await client_floor(cfg)]
+
+MIDDLEWARE_TURNS = 3
+"""Rounds of none-then-every-set that ``--middleware`` measures."""
+
+
+def _lowest(a: list[Row], b: list[Row]) -> list[Row]:
+    return [
+        x._replace(polybus=min(x.polybus, y.polybus), raw=min(x.raw, y.raw))
+        for x, y in zip(a, b, strict=True)
+    ]
+
+
+def main(loop: str, out: Path, middleware: list[str] | None = None) -> None:
+    from .middleware import SETS
+
+    cfg = Config(impl="polybus", transport="tcp", prefix="floor")
+    unknown = [name for name in middleware or [] if name not in SETS]
+    if unknown:
+        raise SystemExit(f"unknown middleware set {unknown}: known {sorted(SETS)}")
+
+    async def measure() -> tuple[list[Row], dict[str, list[Row]]]:
+        plain = [*await server_floor(cfg), *await client_floor(cfg)]
+        sets: dict[str, list[Row]] = {}
+        # With sets, in turns (none, each set, none...) and the lowest of each row kept: a
+        # busy moment of this shared machine then does not fall on one column only.
+        for turn in range(MIDDLEWARE_TURNS if middleware else 0):
+            if turn:
+                plain = _lowest(plain, [*await server_floor(cfg), *await client_floor(cfg)])
+            for name in middleware or []:
+                rows = [
+                    *await server_floor(cfg, SETS[name]()),
+                    *await client_floor(cfg, SETS[name]()),
+                ]
+                sets[name] = _lowest(sets[name], rows) if name in sets else rows
+        return plain, sets
 
     if loop == "asyncio":
-        results = asyncio.run(measure())
+        results, sets = asyncio.run(measure())
     else:
         import uvloop
 
-        results = uvloop.run(measure())
+        results, sets = uvloop.run(measure())
     text = (
         f"## Python cost per message, TCP, in one process ({loop})\n\n"
         "`python -m bench --floor`: no sockets; see bench/floor.py. The client rows include "
         "the raw server's code answering in the same process.\n\n" + table(results) + "\n"
     )
+    if sets:
+        text += (
+            f"\n## With middleware (`--middleware {','.join(sets)}`, bench/middleware.py)\n\n"
+            + middleware_table(results, sets)
+            + "\n"
+        )
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "floor.md").write_text(text)

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from polybus import ClientProxy, Microservice, ServerMiddleware, create_client
+from polybus import ClientProxy, Microservice, create_client
 from polybus.abc import SupportsCleanup
 
 from .common import Config
@@ -35,10 +35,10 @@ def target(cfg: Config) -> tuple[str, dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def serve(
-    cfg: Config, on_event: Callable[[], None], middleware: Sequence[ServerMiddleware] = ()
+    cfg: Config, on_event: Callable[[], None], middleware: Sequence[Any] = ()
 ) -> AsyncIterator[Microservice]:
     url, options = target(cfg)
-    app = Microservice(url, middleware=middleware, **options)
+    app = Microservice(url, middleware=list(middleware), **options)
 
     @app.message_pattern(cfg.rpc)
     async def total(data: Any) -> int:
