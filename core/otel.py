@@ -40,6 +40,7 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from . import __version__
+from .errors import ConfigError
 from .middleware import (
     ClientMiddleware,
     EmitNext,
@@ -81,6 +82,10 @@ class Tracing(ClientMiddleware, ServerMiddleware):
         tracer_provider: TracerProvider | None = None,
         propagator: TextMapPropagator | None = None,
     ) -> None:
+        if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
+            raise ConfigError(f"tracer_provider must be a TracerProvider, got {tracer_provider!r}")
+        if propagator is not None and not isinstance(propagator, TextMapPropagator):
+            raise ConfigError(f"propagator must be a TextMapPropagator, got {propagator!r}")
         self._tracer = trace.get_tracer(
             "polybus", __version__, tracer_provider=tracer_provider, schema_url=SCHEMA_URL
         )

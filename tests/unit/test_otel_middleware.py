@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -16,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from polybus import RpcError, RpcException
+from polybus import ConfigError, RpcError, RpcException
 from polybus.abc import Context
 from polybus.eager import start_eagerly
 from polybus.handlers import Handler, HandlerMark
@@ -319,3 +321,19 @@ async def test_a_given_propagator_is_used(provider: TracerProvider) -> None:
 
     await Tracing(tracer_provider=provider, propagator=Marking()).send(message, call_next)
     assert message.headers == {"x-marked": "1"}
+
+
+def test_bad_configuration_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="tracer_provider"):
+        Tracing(tracer_provider="global")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="propagator"):
+        Tracing(propagator={"traceparent": "x"})  # type: ignore[arg-type]
+
+
+def test_importing_polybus_does_not_load_opentelemetry() -> None:
+    code = (
+        "import sys, polybus, polybus.middleware, polybus.cli\n"
+        "loaded = {'opentelemetry', 'polybus.otel'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
