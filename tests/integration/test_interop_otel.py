@@ -11,8 +11,7 @@ transports have no such instrumentation (nothing reads ``traceparent`` from thei
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,8 +22,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_interop import SIDES, Side
+from twin import build_twin, patterns  # tests/integration/nest/twin.py
 
-from polybus import Microservice, RequestTimeout, RpcException, create_client
+from polybus import RequestTimeout, create_client
 from polybus.otel import Tracing
 from polybus.patterns import to_route
 from polybus.testing.brokers import broker_url, require
@@ -32,18 +32,11 @@ from polybus.testing.brokers import broker_url, require
 pytestmark = pytest.mark.interop
 
 
-class KafkaSide(Side):
-    """Kafka: dotted string topics (test_interop_kafka.py)."""
-
-    def patterns(self, prefix: str) -> dict[str, Any]:
-        return {name: f"{prefix}.{name}" for name in ("sum", "stream", "fail", "order_placed")}
-
-
 def _kafka_env(url: str, prefix: str) -> dict[str, str]:
     return {"NEST_BROKERS": urlsplit(url).netloc.rsplit("@", 1)[-1]}
 
 
-ALL = {**SIDES, "kafka": KafkaSide("KAFKA", lambda p: broker_url("kafka"), _kafka_env)}
+ALL = {**SIDES, "kafka": Side("KAFKA", lambda p: broker_url("kafka"), _kafka_env)}
 JOINED = ("rabbitmq", "kafka")
 """Where a NestJS service's instrumentations carry the trace context."""
 
@@ -91,13 +84,6 @@ async def _first_answer(call: Callable[[], Awaitable[Any]], attempts: int = 12) 
     return await call()
 
 
-async def _eventually(probe: Callable[[], bool], timeout: float = 15.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if probe():
-            return
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize("name", list(ALL))
 async def test_traced_polybus_client_calls_nestjs_server(
     name: str, tmp_path: Path, tracing: Tracing, exporter: InMemorySpanExporter
@@ -105,7 +91,7 @@ async def test_traced_polybus_client_calls_nestjs_server(
     side = _side(name)
     prefix = _prefix(name)
     url = side.url(prefix)
-    patterns = side.patterns(prefix)
+    p = patterns(prefix, kafka=name == "kafka")
     spans_file = tmp_path / "nest-spans.jsonl"
     env = {"NEST_PREFIX": prefix, **side.env(url, prefix), **harness.otel_env(spans_file)}
     options = {"group_id": f"pb-{prefix}-client"} if name == "kafka" else {}
@@ -113,9 +99,9 @@ async def test_traced_polybus_client_calls_nestjs_server(
         harness.start_nest_server(side.nest, env) as nest,
         create_client(url, timeout=30, middleware=[tracing], **options) as client,
     ):
-        total = await _first_answer(lambda: client.send(patterns["sum"], [1, 2, 3, 4], timeout=5))
+        total = await _first_answer(lambda: client.send(p["sum"], [1, 2, 3, 4], timeout=5))
         assert total == ("10" if name == "kafka" else 10)
-        await client.emit(patterns["order_placed"], harness.ORDER)
+        await client.emit(p["order_placed"], harness.ORDER)
         events = await nest.wait_for_events(1, timeout=30)
     assert events[0]["data"] == harness.ORDER
     ours = {_hex(span): span.name for span in exporter.get_finished_spans()}
@@ -127,8 +113,8 @@ async def test_traced_polybus_client_calls_nestjs_server(
     }
     if name in JOINED:
         assert joined == {
-            f"send {to_route(patterns['sum'])}",
-            f"publish {to_route(patterns['order_placed'])}",
+            f"send {to_route(p['sum'])}",
+            f"publish {to_route(p['order_placed'])}",
         }, nest_spans
     else:
         assert joined == set()
@@ -141,34 +127,15 @@ async def test_traced_nestjs_client_calls_polybus_server(
     side = _side(name)
     prefix = _prefix(name)
     url = side.url(prefix)
-    patterns = side.patterns(prefix)
-    options = {"group_id": f"pb-{prefix}-server"} if name == "kafka" else {}
-    app = Microservice(url, middleware=[tracing], **options)
-    received: list[Any] = []
-
-    @app.message_pattern(patterns["sum"])
-    def total(numbers: Any) -> float:
-        return sum(numbers)
-
-    @app.message_pattern(patterns["stream"])
-    async def stream(_: Any) -> AsyncIterator[int]:
-        for i in (1, 2, 3):
-            yield i
-
-    @app.message_pattern(patterns["fail"])
-    def fail(_: Any) -> None:
-        raise RpcException({"code": "E_TEST", "message": "boom"})
-
-    @app.event_pattern(patterns["order_placed"])
-    def placed(data: Any) -> None:
-        received.append(data)
-
+    kafka = name == "kafka"
+    p = patterns(prefix, kafka=kafka)
+    options = {"group_id": f"pb-{prefix}-server"} if kafka else {}
     spans_file = tmp_path / "nest-spans.jsonl"
     env = {"NEST_PREFIX": prefix, **side.env(url, prefix), **harness.otel_env(spans_file)}
-    async with app:
+    async with build_twin(url, prefix, kafka=kafka, middleware=[tracing], **options) as service:
         result = await harness.run_nest_client(side.nest, env, timeout=90)
-        await _eventually(lambda: bool(received))
-        await app.transport.delete_resources()  # type: ignore[attr-defined]
+        await service.wait_for_events(1, timeout=15)
+        await service.app.transport.delete_resources()  # type: ignore[attr-defined]
     assert result["fail"] == {"code": "E_TEST", "message": "boom"}
     producers = {
         (span["traceId"], span["spanId"])
@@ -182,5 +149,5 @@ async def test_traced_nestjs_client_calls_polybus_server(
         and (format(span.parent.trace_id, "032x"), format(span.parent.span_id, "016x")) in producers
     }
     assert joined == {
-        f"process {to_route(patterns[p])}" for p in ("sum", "stream", "fail", "order_placed")
+        f"process {to_route(p[route])}" for route in ("sum", "stream", "fail", "order_placed")
     }
