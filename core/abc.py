@@ -61,6 +61,8 @@ class Features:
     queue_groups: bool = False
     text_only: bool = False
     streaming: bool = True
+    unreadable_reply: Literal["fails_request", "dropped", "ends_connection"] = "dropped"
+    """What a reply that cannot be read does (the rule of :class:`ClientTransport`)."""
     dead_letter: bool = False
     """The server's contexts implement :meth:`Context.dead_letter` (a failure policy may
     name a dead-letter destination)."""
@@ -115,6 +117,20 @@ class ClientTransport(Protocol):
     - ``publish_event`` returns once the transport accepted the event (written to the
       socket, or acknowledged by the broker where the transport confirms publishes).
     - ``close`` stops everything; core has already failed pending requests.
+
+    A reply that cannot be read (undecodable, or over ``max_message_bytes``) follows one
+    rule, applied by :func:`polybus.packets.read_reply` (or
+    :func:`~polybus.packets.unreadable_reply` for a transport that decodes its own
+    records), and declared in ``Features.unreadable_reply``:
+
+    - where the transport tells which request a reply belongs to without decoding the body
+      (NATS: the reply inbox subject; RabbitMQ: ``correlation_id``; Kafka: the
+      ``kafka_correlationId`` header), that request fails at once with ``ProtocolError``:
+      the caller does not wait for its timeout;
+    - where it cannot (Redis, MQTT: the id is inside the body), the reply is logged
+      (bounded) and dropped, and the call ends at its timeout;
+    - on a byte stream (TCP), a corrupt frame cannot be resynchronised: the connection
+      ends and every pending request fails with ``TransportError``.
     """
 
     features: Features

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type:
 
 from polybus.abc import ConnectionStatus, Release, ReplySink
 from polybus.errors import ProtocolError, RequestTimeout, TransportError
-from polybus.packets import MISSING, Event, Record, Reply, Request
+from polybus.packets import MISSING, Event, Record, Reply, Request, unreadable_reply
 from polybus.serializers import Serializer
 
 from ._admin import TopicAdmin
@@ -273,13 +273,20 @@ class KafkaClientTransport:
         if streamed is None or sink is None:
             return  # another caller's reply (or one that ended)
         codec = self._codec
-        if err is not MISSING:
-            sink.on_reply(Reply(rid, MISSING, codec.decode(err), True))
-            return
+        raw = record.value
+        # the correlation header names the request: an unreadable reply fails it at once
         try:
-            value = codec.decode(record.value, kind)
+            if err is not MISSING:
+                err = codec.decode(err)
+            else:
+                if raw is not None:
+                    self.options.check_size(raw, "reply")
+                value = codec.decode(raw, kind)
         except ProtocolError as exc:
-            log.warning("kafka: dropping undecodable reply on %s: %s", record.topic, exc)
+            unreadable_reply(sink, exc, len(raw or b""), record.topic, rid)
+            return
+        if err is not MISSING:
+            sink.on_reply(Reply(rid, MISSING, err, True))
             return
         if disposed:
             if value is None and kind is None and streamed:

@@ -42,6 +42,7 @@ log = logging.getLogger("polybus.kafka")
 FEATURES: Final = Features(
     name="kafka",
     unknown_pattern="timeout",
+    unreadable_reply="fails_request",
     object_patterns=False,
     competing_consumers=True,
     durable_events=True,

@@ -14,15 +14,8 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from polybus.abc import ConnectionStatus, Release, ReplySink
-from polybus.errors import NoRespondersError, ProtocolError, TransportError, describe_error
-from polybus.packets import (
-    Event,
-    Request,
-    decode_reply,
-    encode_event,
-    encode_request,
-    merge_headers,
-)
+from polybus.errors import NoRespondersError, TransportError, describe_error
+from polybus.packets import Event, Request, encode_event, encode_request, merge_headers, read_reply
 from polybus.serializers import Serializer
 
 from ._common import (
@@ -109,13 +102,8 @@ class NatsClientTransport(ConnectionCallbacks):
             else:
                 sink.on_request_error(rid, TransportError(f"NATS status {status} for {route!r}"))
             return
-        try:
-            reply = decode_reply(self._serializer, self.options.check_size(data, "reply"))
-        except ProtocolError as exc:
-            sink.on_request_error(rid, exc)
-            return
-        reply.id = rid
-        sink.on_reply(reply)
+        # the inbox subject names the request: an unreadable reply fails it at once
+        read_reply(sink, self._serializer, data, self.options.max_message_bytes, msg.subject, rid)
 
     def _headers_for(
         self, headers: dict[str, str] | None, deadline: float | None

@@ -28,6 +28,7 @@ log = logging.getLogger("polybus.nats")
 FEATURES = Features(
     name="nats",
     unknown_pattern="no_responders",
+    unreadable_reply="fails_request",
     broadcast=True,
     queue_groups=True,
     headers=True,

@@ -6,18 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from polybus.abc import ConnectionStatus, Release, ReplySink, no_release
 from polybus.config import redact_url
-from polybus.errors import ProtocolError, TransportError
-from polybus.packets import (
-    Event,
-    Request,
-    decode_reply,
-    encode_event,
-    encode_request,
-    merge_headers,
-)
+from polybus.errors import TransportError
+from polybus.packets import Event, Request, encode_event, encode_request, merge_headers, read_reply
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, connection_errors, log, transport_error
+from ._common import FEATURES, connection_errors, transport_error
 from ._frames import Properties
 from ._link import Link
 from ._options import RabbitMQOptions
@@ -75,19 +68,10 @@ class RabbitMQClientTransport:
         sink = self._sink
         if sink is None:
             return
-        body = message.body
-        if len(body) > self.options.max_message_bytes:
-            log.warning("dropping reply of %d bytes: over max_message_bytes", len(body))
-            return
-        try:
-            reply = decode_reply(self._serializer, body)
-        except ProtocolError as exc:
-            log.warning("dropping undecodable reply: %s", exc)
-            return
+        # correlation_id names the request: an unreadable reply fails it at once
         cid = message.header.properties.correlation_id
-        if cid is not None:
-            reply.id = cid
-        sink.on_reply(reply)
+        limit = self.options.max_message_bytes
+        read_reply(sink, self._serializer, message.body, limit, self.options.reply_queue, cid)
 
     def _props(
         self,

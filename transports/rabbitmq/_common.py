@@ -26,6 +26,7 @@ ignores prefetch for auto-ack consumers). NestJS uses 0 (unlimited)."""
 FEATURES = Features(
     name="rabbitmq",
     unknown_pattern="error",
+    unreadable_reply="fails_request",
     competing_consumers=True,
     durable_events=True,
     headers=True,

@@ -7,7 +7,7 @@ import ssl
 
 from polybus.abc import ConnectionStatus, Release, ReplySink, no_release
 from polybus.errors import TransportError
-from polybus.packets import Event, Request, decode_reply, encode_event, encode_request
+from polybus.packets import Event, Request, encode_event, encode_request, read_reply
 from polybus.serializers import Serializer
 
 from ._common import FEATURES, FramedConnection, check_text_serializer
@@ -79,14 +79,16 @@ class TcpClientTransport:
                 self._sink.on_connection_lost(error)
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        """Replies to the sink; an undecodable one raises ``ProtocolError``, which closes
-        the connection (as NestJS does) so pending requests fail now, not at their timeout."""
+        """Replies to the sink; an undecodable one raises ``ProtocolError`` (a byte stream
+        cannot be resynchronised), which ends the connection (as NestJS does) so pending
+        requests fail now with ``TransportError``, not at their timeout."""
         sink = self._sink
         if sink is None:
             return
         serializer = self._serializer
+        limit = self.options.max_message_bytes
         for body in frames:
-            sink.on_reply(decode_reply(serializer, body))
+            read_reply(sink, serializer, body, limit, "tcp", stream=True)
 
     async def request(self, request: Request) -> Release:
         conn = self._conn or await self._ensure()

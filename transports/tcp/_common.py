@@ -17,7 +17,13 @@ __all__ = ["FEATURES", "FramedConnection", "check_text_serializer"]
 
 log = logging.getLogger("polybus.tcp")
 
-FEATURES = Features(name="tcp", unknown_pattern="error", text_only=True, headers=True)
+FEATURES = Features(
+    name="tcp",
+    unknown_pattern="error",
+    text_only=True,
+    headers=True,
+    unreadable_reply="ends_connection",
+)
 
 
 def check_text_serializer(serializer: Serializer) -> Serializer:
