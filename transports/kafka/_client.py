@@ -27,6 +27,7 @@ from ._admin import TopicAdmin
 from ._common import (
     CORRELATION_ID,
     DEADLINE,
+    ERRORS,
     FEATURES,
     NEST_ERR,
     NEST_IS_DISPOSED,
@@ -42,7 +43,6 @@ from ._common import (
     fetched_batches,
     log,
     produce,
-    transport_error,
 )
 from ._options import KafkaOptions
 from ._replies import ReplyPartitions
@@ -101,7 +101,7 @@ class KafkaClientTransport:
             await asyncio.gather(producer.start(), consumer.start())
         except Exception as exc:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
-            raise transport_error(f"connect to {options.describe()}", exc) from exc
+            raise ERRORS.error(exc, f"kafka: cannot connect to {options.describe()}") from exc
         self._sink = sink
         self._producer = producer
         self._consumer = consumer
@@ -167,10 +167,8 @@ class KafkaClientTransport:
         if event.record is not None:
             _apply_record_options(codec, event.record, out)
         future = await self._produce(event.route, out)
-        try:
+        with ERRORS(f"kafka: cannot publish to {event.route!r}"):
             await future
-        except Exception as exc:
-            raise transport_error(f"publish to {event.route!r}", exc) from exc
 
     async def _produce(self, topic: str, out: OutRecord) -> asyncio.Future[Any]:
         producer = self._producer
@@ -189,7 +187,7 @@ class KafkaClientTransport:
             exc = future.exception()
             if exc is None:
                 return
-            error = transport_error("deliver the request", exc)
+            error = ERRORS.error(exc, "kafka: cannot deliver the request")
         sink = self._sink
         if sink is not None:
             sink.on_request_error(rid, error)

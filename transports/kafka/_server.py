@@ -28,6 +28,7 @@ from ._admin import TopicAdmin
 from ._assignor import SERVER_ASSIGNORS
 from ._common import (
     CLOSE_TIMEOUT,
+    ERRORS,
     FEATURES,
     Codec,
     check_topic,
@@ -35,7 +36,6 @@ from ._common import (
     cluster_reachable,
     fetched_batches,
     log,
-    transport_error,
 )
 from ._context import read_record
 from ._holes import Holes
@@ -131,7 +131,7 @@ class KafkaServerTransport:
             await self._wait_metadata(consumer, topics)
         except Exception as exc:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
-            raise transport_error(f"connect to {options.describe()}", exc) from exc
+            raise ERRORS.error(exc, f"kafka: cannot connect to {options.describe()}") from exc
         self._outlet.producer = producer
         self._consumer = consumer
         consumer.subscribe(topics, listener=_Listener(self))

@@ -14,7 +14,7 @@ import time
 import aiomqtt
 
 from polybus.abc import Release, ReplySink, no_release
-from polybus.errors import TransportError
+from polybus.errors import PolybusError, TransportError
 from polybus.packets import Event, Request, encode_event, encode_request, merge_headers, read_reply
 from polybus.serializers import Serializer
 
@@ -80,7 +80,7 @@ class MqttClientTransport:
         for entry in entries:
             entry.ready, entry.session = done, link.session
 
-    def _lost(self, exc: TransportError) -> None:
+    def _lost(self, exc: PolybusError) -> None:
         if self._sink is not None:
             self._sink.on_connection_lost(exc)
 

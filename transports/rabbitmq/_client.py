@@ -10,7 +10,7 @@ from polybus.errors import TransportError
 from polybus.packets import Event, Request, encode_event, encode_request, merge_headers, read_reply
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, connection_errors, transport_error
+from ._common import ERRORS, FEATURES
 from ._frames import Properties
 from ._link import Link
 from ._options import RabbitMQOptions
@@ -122,10 +122,9 @@ class RabbitMQClientTransport:
             await link.drain()
             return
         confirmation = link.publish_confirmed(self.options.queue, body, props)
-        try:  # a confirm implies the write; a write that fails closes the channel: fails it
+        # a confirm implies the write; a write that fails closes the channel: fails it
+        with ERRORS("RabbitMQ publish failed"):  # nacked
             await confirmation
-        except connection_errors() as exc:  # nacked
-            raise transport_error("publish", exc) from exc
 
     async def close(self) -> None:
         link, self._link = self._link, None

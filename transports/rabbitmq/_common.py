@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
 from polybus.abc import Features
-from polybus.errors import TransportError, describe_error
+from polybus.errors import ErrorMap, TransportError
 
 __all__ = [
     "DEFAULT_SERVER_PREFETCH",
     "DIRECT_REPLY_TO",
+    "ERRORS",
     "FEATURES",
-    "connection_errors",
-    "transport_error",
 ]
 
 log = logging.getLogger("polybus.rabbitmq")
@@ -35,14 +36,5 @@ FEATURES = Features(
     durable_options={"no_ack": False, "persistent": True},
 )
 
-
-def connection_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions by which aio-pika reports a failed connection, channel or timeout
-    (imported on first use: importing polybus must not import aio-pika)."""
-    import aio_pika
-
-    return (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
-
-
-def transport_error(what: str, exc: BaseException) -> TransportError:
-    return TransportError(f"RabbitMQ {what} failed: {describe_error(exc)}")
+ERRORS = ErrorMap(((*CONNECTION_EXCEPTIONS, asyncio.TimeoutError), TransportError, None))
+"""How aio-pika reports a failed connection, channel or timeout."""

@@ -11,7 +11,7 @@ import asyncio
 import time
 
 from polybus.abc import Release, ReplySink
-from polybus.errors import TransportError
+from polybus.errors import PolybusError, TransportError
 from polybus.packets import Event, Request, encode_event, encode_request, read_reply
 from polybus.serializers import Serializer
 
@@ -85,7 +85,7 @@ class RedisClientTransport:
             for entry in active:
                 entry.live = link.session
 
-    def _lost(self, exc: TransportError) -> None:
+    def _lost(self, exc: PolybusError) -> None:
         if self._sink is not None:
             self._sink.on_connection_lost(exc)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 from polybus.abc import ConnectionStatus, Release, ReplySink, no_release
 from polybus.errors import TransportError
 from polybus.packets import Event, Request, encode_event, encode_request, read_reply
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, FramedConnection, check_text_serializer
+from ._common import ERRORS, FEATURES, FramedConnection, check_text_serializer
 from ._framing import frame
 from ._options import TcpOptions
 
@@ -45,7 +44,7 @@ class TcpClientTransport:
                 return self._conn
             options = self.options
             loop = asyncio.get_running_loop()
-            try:
+            with ERRORS("cannot connect to tcp://%s:%s", options.host, options.port):
                 _, protocol = await asyncio.wait_for(
                     loop.create_connection(
                         lambda: FramedConnection(options.max_message_bytes, self._on_frames),
@@ -56,11 +55,6 @@ class TcpClientTransport:
                     ),
                     options.connect_timeout,
                 )
-            except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-                raise TransportError(
-                    f"cannot connect to tcp://{options.host}:{options.port}: "
-                    f"{exc or type(exc).__name__}"
-                ) from exc
             self._conn = protocol
             protocol.closed.add_done_callback(lambda _: self._lost(protocol))
             if self._lost_once and self._sink is not None:
