@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ClientFactory",
+    "LocalBroker",
     "ServerFactory",
     "TransportPlugin",
     "TransportSpec",
@@ -72,7 +73,6 @@ class TransportPlugin:
     """A transport's implementation: its options type, the factories of its two halves and,
     optionally, what it offers the fault suite (:mod:`polybus.testing.injection`)."""
 
-    name: str
     options: type[TransportOptions]
     client: ClientFactory
     server: ServerFactory
@@ -88,13 +88,29 @@ class TransportPlugin:
 
 
 @dataclass(frozen=True)
+class LocalBroker:
+    """Where the test suites (:mod:`polybus.testing.brokers`) find a broker of a transport:
+    the URL in environment variable ``env`` (``POLYBUS_<NAME>_URL``), else ``url``; if
+    nothing answers there, a container of ``image`` (run with ``command``, listening on
+    ``container_port``, else on ``url``'s port) where Docker is available; its URL is then
+    ``url`` with the container's host and port."""
+
+    env: str
+    url: str
+    image: str | None = None
+    command: tuple[str, ...] = ()
+    container_port: int | None = None
+
+
+@dataclass(frozen=True)
 class TransportSpec:
     """A transport's declaration, readable without importing its client library.
 
     ``implementation`` is ``"module:attribute"`` of its :class:`TransportPlugin`;
     ``nest_names`` the NestJS ``Transport`` names that select it in a dict config (the
     first is NestJS's own), ``nest_number`` the ``Transport`` enum value; ``extra`` the
-    ``pip install polybus[extra]`` that brings its client library.
+    ``pip install polybus[extra]`` that brings its client library; ``test_broker`` where
+    the test suites find a broker of it (``None``: it needs none, or none is declared).
     """
 
     name: str
@@ -103,6 +119,7 @@ class TransportSpec:
     nest_names: tuple[str, ...] = ()
     nest_number: int | None = None
     extra: str | None = None
+    test_broker: LocalBroker | None = None
 
     def load(self) -> TransportPlugin:
         module_name, _, attribute = self.implementation.partition(":")

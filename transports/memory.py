@@ -201,7 +201,7 @@ class MemoryServerTransport:
         return f"MemoryServerTransport(memory://{self.options.name})"
 
 
-PLUGIN = TransportPlugin("MEMORY", MemoryOptions, MemoryClientTransport, MemoryServerTransport)
+PLUGIN = TransportPlugin(MemoryOptions, MemoryClientTransport, MemoryServerTransport)
 SPEC = TransportSpec(
     name="memory",
     schemes=("memory",),
