@@ -12,10 +12,14 @@ import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from .errors import short_repr
-from .packets import MISSING, Event, Reply, Request
+from .packets import MISSING, Event, Reply, Request, encode_reply, parse_deadline
+
+if TYPE_CHECKING:
+    from .config import TransportOptions
+    from .serializers import Serializer
 
 __all__ = [
     "ClientTransport",
@@ -23,7 +27,9 @@ __all__ = [
     "Context",
     "Features",
     "MessageSink",
+    "PublishedReplyContext",
     "Release",
+    "ReplyPublisher",
     "ReplySink",
     "RouteSpec",
     "ServerTransport",
@@ -217,6 +223,52 @@ class Context:
     def __repr__(self) -> str:
         kind = "request" if self.is_request else "event"
         return f"<{type(self).__name__} {kind} pattern={short_repr(self.pattern)}>"
+
+
+class ReplyPublisher(Protocol):
+    """A server whose replies are NestJS envelopes published on its one connection (Redis,
+    MQTT): what a :class:`PublishedReplyContext` replies through."""
+
+    @property
+    def options(self) -> TransportOptions: ...
+
+    @property
+    def serializer(self) -> Serializer: ...
+
+    @property
+    def connected(self) -> bool:
+        """False while the connection is down (and being rebuilt)."""
+
+    async def publish_reply(self, destination: Any, body: bytes) -> None:
+        """Publish one encoded reply to the reply channel of ``destination``."""
+
+
+class PublishedReplyContext(Context):
+    """A context whose reply is the envelope published by a :class:`ReplyPublisher` to
+    ``reply_to``; ``headers`` are the message's (its deadline read from them). While the
+    connection is down a reply is dropped: its caller was failed when the connection
+    dropped."""
+
+    __slots__ = ("_publisher", "_reply_to")
+
+    def __init__(
+        self,
+        pattern: Any,
+        data: Any,
+        id: Any,
+        headers: dict[str, str] | None,
+        publisher: ReplyPublisher,
+        reply_to: Any,
+    ) -> None:
+        super().__init__(pattern, data, id, headers, parse_deadline(headers))
+        self._publisher = publisher
+        self._reply_to = reply_to
+
+    async def send_reply(self, reply: Reply) -> None:
+        publisher = self._publisher
+        body = publisher.options.check_size(encode_reply(publisher.serializer, reply))
+        if publisher.connected:
+            await publisher.publish_reply(self._reply_to, body)
 
 
 class MessageSink(Protocol):
