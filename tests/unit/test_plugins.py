@@ -4,6 +4,7 @@ them, and polybus stays out of the pytest runs of projects that merely install i
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -129,3 +130,12 @@ def test_a_project_that_installs_polybus_is_unaffected_by_its_pytest_plugin(
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
+
+
+@pytest.mark.parametrize("name", ["tcp", "redis", "nats", "rabbitmq", "kafka", "mqtt"])
+def test_a_transport_package_exports_what_its_type_checking_block_imports(name: str) -> None:
+    package = importlib.import_module(f"polybus.transports.{name}")
+    for export in package.__all__:
+        assert getattr(package, export) is not None, export
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        package.Nope  # noqa: B018

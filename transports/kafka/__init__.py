@@ -54,19 +54,5 @@ SPEC = TransportSpec(
         "POLYBUS_KAFKA_URL", "kafka://127.0.0.1:19092", "apache/kafka:3.9.0", container_port=9092
     ),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "KafkaClientTransport": "._client",
-        "FEATURES": "._common",
-        "Codec": "._common",
-        "check_topic": "._common",
-        "KafkaContext": "._context",
-        "KafkaOptions": "._options",
-        "KafkaServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

@@ -57,18 +57,5 @@ SPEC = TransportSpec(
         "POLYBUS_MQTT_URL", "mqtt://127.0.0.1:1883", "eclipse-mosquitto:2.0.20"
     ),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "MqttClientTransport": "._client",
-        "FEATURES": "._common",
-        "MqttOptions": "._options",
-        "MqttRecord": "._record",
-        "MqttContext": "._server",
-        "MqttServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

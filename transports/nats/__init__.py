@@ -55,17 +55,5 @@ SPEC = TransportSpec(
     extra="nats",
     test_broker=LocalBroker("POLYBUS_NATS_URL", "nats://127.0.0.1:4222", "nats:2.10.22", ("-js",)),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "NatsClientTransport": "._client",
-        "FEATURES": "._common",
-        "NatsOptions": "._options",
-        "NatsContext": "._server",
-        "NatsServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

@@ -60,19 +60,5 @@ SPEC = TransportSpec(
         "POLYBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq:3.13.7"
     ),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "RabbitMQClientTransport": "._client",
-        "DEFAULT_SERVER_PREFETCH": "._common",
-        "DIRECT_REPLY_TO": "._common",
-        "FEATURES": "._common",
-        "RabbitMQOptions": "._options",
-        "RabbitMQContext": "._server",
-        "RabbitMQServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

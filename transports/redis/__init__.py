@@ -55,18 +55,5 @@ SPEC = TransportSpec(
     extra="redis",
     test_broker=LocalBroker("POLYBUS_REDIS_URL", "redis://127.0.0.1:6379", "redis:7.2.5"),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "RedisClientTransport": "._client",
-        "FEATURES": "._common",
-        "MessageHandler": "._link",
-        "RedisOptions": "._options",
-        "RedisContext": "._server",
-        "RedisServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)
