@@ -235,19 +235,14 @@ class ReplyPublisher(Protocol):
     @property
     def serializer(self) -> Serializer: ...
 
-    @property
-    def connected(self) -> bool:
-        """False while the connection is down (and being rebuilt)."""
-
     async def publish_reply(self, destination: Any, body: bytes) -> None:
-        """Publish one encoded reply to the reply channel of ``destination``."""
+        """Publish one encoded reply to the reply channel of ``destination``; nothing while
+        the connection is down (its callers were failed when it dropped)."""
 
 
 class PublishedReplyContext(Context):
     """A context whose reply is the envelope published by a :class:`ReplyPublisher` to
-    ``reply_to``; ``headers`` are the message's (its deadline read from them). While the
-    connection is down a reply is dropped: its caller was failed when the connection
-    dropped."""
+    ``reply_to``; ``headers`` are the message's (its deadline read from them)."""
 
     __slots__ = ("_publisher", "_reply_to")
 
@@ -267,8 +262,7 @@ class PublishedReplyContext(Context):
     async def send_reply(self, reply: Reply) -> None:
         publisher = self._publisher
         body = publisher.options.check_size(encode_reply(publisher.serializer, reply))
-        if publisher.connected:
-            await publisher.publish_reply(self._reply_to, body)
+        await publisher.publish_reply(self._reply_to, body)
 
 
 class MessageSink(Protocol):

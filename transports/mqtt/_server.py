@@ -79,15 +79,10 @@ class MqttServerTransport:
         self._routes: set[str] = set()
         self._filters: list[str] = []  # the routes with wildcards, matched in order
 
-    @property
-    def connected(self) -> bool:
-        link = self._link
-        return link is not None and link.up
-
     async def publish_reply(self, destination: str, body: bytes) -> None:
         """Publish on ``<destination topic>/reply`` at QoS 0, as NestJS."""
         link = self._link
-        if link is not None:
+        if link is not None and link.up:  # else the caller was failed when it dropped
             await link.publish(destination + REPLY_SUFFIX, body, 0)
 
     async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:

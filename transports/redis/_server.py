@@ -60,16 +60,11 @@ class RedisServerTransport:
         self._link: Link | None = None
         self._routes: dict[bytes, tuple[str, bytes]] = {}  # channel → (route, reply channel)
 
-    @property
-    def connected(self) -> bool:
-        link = self._link
-        return link is not None and link.up
-
     async def publish_reply(self, destination: bytes, body: bytes) -> None:
         """Publish on the reply channel ``destination``, with this loop iteration's batch."""
         link = self._link
-        if link is None:
-            return
+        if link is None or not link.up:
+            return  # the caller was failed when the connection dropped
         pipe = link.publisher()
         pipe.publish(destination, body)
         if pipe.backlogged:
