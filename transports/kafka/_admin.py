@@ -37,11 +37,11 @@ class TopicAdmin:
             if self._admin is None:
                 admin = AIOKafkaAdminClient(**self._options.client_kwargs(self._role))
                 try:
-                    await admin.start()
-                except Exception as exc:
+                    with ERRORS("kafka: cannot connect to %s", self._options.describe()):
+                        await admin.start()
+                except Exception:
                     await close_quietly(admin.close())
-                    what = f"kafka: cannot connect to {self._options.describe()}"
-                    raise ERRORS.error(exc, what) from exc
+                    raise
                 self._admin = admin
         return self._admin
 

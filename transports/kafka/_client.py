@@ -98,10 +98,11 @@ class KafkaClientTransport:
         producer = AIOKafkaProducer(**options.producer_kwargs("client"))
         consumer = AIOKafkaConsumer(**options.consumer_kwargs("client"))
         try:
-            await asyncio.gather(producer.start(), consumer.start())
-        except Exception as exc:
+            with ERRORS("kafka: cannot connect to %s", options.describe()):
+                await asyncio.gather(producer.start(), consumer.start())
+        except Exception:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
-            raise ERRORS.error(exc, f"kafka: cannot connect to {options.describe()}") from exc
+            raise
         self._sink = sink
         self._producer = producer
         self._consumer = consumer

@@ -127,11 +127,12 @@ class KafkaServerTransport:
         consumer_kwargs.setdefault("partition_assignment_strategy", SERVER_ASSIGNORS)
         consumer = AIOKafkaConsumer(**consumer_kwargs)
         try:
-            await asyncio.gather(producer.start(), consumer.start())
-            await self._wait_metadata(consumer, topics)
-        except Exception as exc:
+            with ERRORS("kafka: cannot connect to %s", options.describe()):
+                await asyncio.gather(producer.start(), consumer.start())
+                await self._wait_metadata(consumer, topics)
+        except Exception:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
-            raise ERRORS.error(exc, f"kafka: cannot connect to {options.describe()}") from exc
+            raise
         self._outlet.producer = producer
         self._consumer = consumer
         consumer.subscribe(topics, listener=_Listener(self))
