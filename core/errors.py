@@ -129,8 +129,9 @@ class ErrorMap:
     log message, only then); a :class:`PolybusError` or an unlisted exception passes
     unchanged. :meth:`error` gives the error without raising it (a failed future, a lost
     connection reported to a callback), and for a hot path, where the context manager's
-    three calls would cost more than the call it guards (a publish):
-    ``except ERRORS.catches as exc: raise ERRORS.error(exc, what) from exc``."""
+    three calls would cost more than the call it guards (a publish by the library, which
+    raises no polybus error): ``except ERRORS.catches as exc: raise ERRORS.error(exc,
+    what) from exc``."""
 
     __slots__ = ("_entries", "catches")
 
