@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import time
 import uuid
 from collections import Counter
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from polybus import Microservice, RequestTimeout, TransportError, create_client
-from polybus.testing.brokers import BROKERS, restart_command
+from polybus.testing.brokers import local_url, restart_command
 from polybus.testing.faults import run_command, wait_broker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +37,7 @@ def _rss_kib() -> int:
 
 
 def _url(name: str) -> str:
-    url = os.environ.get(BROKERS[name].env) or BROKERS[name].default
+    url = local_url(name)
     if name == "rabbitmq":
         url = url.split("?", 1)[0].rstrip("/") + f"/?queue=polybus-soak-{uuid.uuid4().hex[:8]}"
     return url

@@ -12,10 +12,14 @@ import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from .errors import short_repr
-from .packets import MISSING, Event, Reply, Request
+from .packets import MISSING, Event, Reply, Request, encode_reply, parse_deadline
+
+if TYPE_CHECKING:
+    from .config import TransportOptions
+    from .serializers import Serializer
 
 __all__ = [
     "ClientTransport",
@@ -23,7 +27,9 @@ __all__ = [
     "Context",
     "Features",
     "MessageSink",
+    "PublishedReplyContext",
     "Release",
+    "ReplyPublisher",
     "ReplySink",
     "RouteSpec",
     "ServerTransport",
@@ -61,6 +67,8 @@ class Features:
     queue_groups: bool = False
     text_only: bool = False
     streaming: bool = True
+    unreadable_reply: Literal["fails_request", "dropped", "ends_connection"] = "dropped"
+    """What a reply that cannot be read does (the rule of :class:`ClientTransport`)."""
     dead_letter: bool = False
     """The server's contexts implement :meth:`Context.dead_letter` (a failure policy may
     name a dead-letter destination)."""
@@ -115,6 +123,20 @@ class ClientTransport(Protocol):
     - ``publish_event`` returns once the transport accepted the event (written to the
       socket, or acknowledged by the broker where the transport confirms publishes).
     - ``close`` stops everything; core has already failed pending requests.
+
+    A reply that cannot be read (undecodable, or over ``max_message_bytes``) follows one
+    rule, applied by :func:`polybus.packets.read_reply` (or
+    :func:`~polybus.packets.unreadable_reply` for a transport that decodes its own
+    records), and declared in ``Features.unreadable_reply``:
+
+    - where the transport tells which request a reply belongs to without decoding the body
+      (NATS: the reply inbox subject; RabbitMQ: ``correlation_id``; Kafka: the
+      ``kafka_correlationId`` header), that request fails at once with ``ProtocolError``:
+      the caller does not wait for its timeout;
+    - where it cannot (Redis, MQTT: the id is inside the body), the reply is logged
+      (bounded) and dropped, and the call ends at its timeout;
+    - on a byte stream (TCP), a corrupt frame cannot be resynchronised: the connection
+      ends and every pending request fails with ``TransportError``.
     """
 
     features: Features
@@ -201,6 +223,46 @@ class Context:
     def __repr__(self) -> str:
         kind = "request" if self.is_request else "event"
         return f"<{type(self).__name__} {kind} pattern={short_repr(self.pattern)}>"
+
+
+class ReplyPublisher(Protocol):
+    """A server whose replies are NestJS envelopes published on its one connection (Redis,
+    MQTT): what a :class:`PublishedReplyContext` replies through."""
+
+    @property
+    def options(self) -> TransportOptions: ...
+
+    @property
+    def serializer(self) -> Serializer: ...
+
+    async def publish_reply(self, destination: Any, body: bytes) -> None:
+        """Publish one encoded reply to the reply channel of ``destination``; nothing while
+        the connection is down (its callers were failed when it dropped)."""
+
+
+class PublishedReplyContext(Context):
+    """A context whose reply is the envelope published by a :class:`ReplyPublisher` to
+    ``reply_to``; ``headers`` are the message's (its deadline read from them)."""
+
+    __slots__ = ("_publisher", "_reply_to")
+
+    def __init__(
+        self,
+        pattern: Any,
+        data: Any,
+        id: Any,
+        headers: dict[str, str] | None,
+        publisher: ReplyPublisher,
+        reply_to: Any,
+    ) -> None:
+        super().__init__(pattern, data, id, headers, parse_deadline(headers))
+        self._publisher = publisher
+        self._reply_to = reply_to
+
+    async def send_reply(self, reply: Reply) -> None:
+        publisher = self._publisher
+        body = publisher.options.check_size(encode_reply(publisher.serializer, reply))
+        await publisher.publish_reply(self._reply_to, body)
 
 
 class MessageSink(Protocol):

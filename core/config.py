@@ -7,7 +7,9 @@ built-in transports use too); core keeps no list of them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 import re
 import ssl
@@ -15,8 +17,10 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .abc import ClientTransport, Features, ServerTransport
 from .errors import ConfigError, ProtocolError
@@ -113,15 +117,10 @@ class TransportOptions:
 
 # -- typed option values from text ----------------------------------------------------------
 
-_TRUE = frozenset(("1", "true", "yes", "on"))
-_FALSE = frozenset(("0", "false", "no", "off"))
-_TEXT_TYPES = frozenset(("str", "Any", "object"))
-_EXPECTED = {"bool": "a boolean", "int": "an integer", "float": "a number", "list": "a list"}
-
 
 def coerce_options(cls: type[TransportOptions], values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with every text value of a typed option converted to that option's type,
-    as the options dataclass ``cls`` declares it.
+    as the options dataclass ``cls`` declares it (pydantic's lax mode does the work).
 
     Booleans accept ``1/0``, ``true/false``, ``yes/no``, ``on/off``; ints and floats their
     Python spelling; lists comma-separated items. A union tries its types in turn, text
@@ -129,84 +128,70 @@ def coerce_options(cls: type[TransportOptions], values: Mapping[str, Any]) -> di
     that are not text and text options are left as they are. A value that fits none of the
     types raises ``ConfigError`` naming the option and the value.
     """
-    kinds = _field_kinds(cls)
+    adapters = _text_adapters(cls)  # type: ignore[arg-type]  # mypy: instances are unhashable
     out = dict(values)
     for name, value in values.items():
-        alternatives = kinds.get(name)
-        if alternatives is not None and isinstance(value, str):
-            out[name] = _from_text(name, alternatives, value)
+        adapter = adapters.get(name)
+        if adapter is not None and isinstance(value, str):
+            out[name] = _from_text(name, adapter, value)
     return out
 
 
-def _from_text(name: str, alternatives: tuple[str, ...], text: str) -> Any:
-    for kind in alternatives:
-        value = _parse(kind, text)
-        if value is not _UNPARSED:
-            return value
-    if any(kind in _TEXT_TYPES for kind in alternatives):
-        return text
-    expected = " or ".join(_EXPECTED[kind] for kind in alternatives if kind in _EXPECTED)
-    if not expected:
-        raise ConfigError(f"option {name} cannot be given as text, got {text!r}")
-    raise ConfigError(f"option {name} must be {expected}, got {text!r}")
+_EXPECTED = {
+    "bool_parsing": "a boolean",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+}
+"""pydantic's error types → what the option must be, for the message."""
 
 
-_UNPARSED: Any = object()
+def _from_text(name: str, adapter: TypeAdapter[Any], text: str) -> Any:
+    try:
+        return adapter.validate_python(text)
+    except ValidationError as exc:
+        stripped = text.strip()  # " yes " (pydantic strips numbers, not booleans)
+        if stripped != text:
+            with contextlib.suppress(ValidationError):
+                return adapter.validate_python(stripped)
+        kinds = dict.fromkeys(_EXPECTED[e["type"]] for e in exc.errors() if e["type"] in _EXPECTED)
+    if not kinds:
+        raise ConfigError(f"option {name} cannot be given as text, got {text!r}") from None
+    raise ConfigError(f"option {name} must be {' or '.join(kinds)}, got {text!r}") from None
 
 
-def _parse(kind: str, text: str) -> Any:
-    """``text`` as a value of the type named ``kind``, or ``_UNPARSED``."""
-    if kind == "bool":
-        lowered = text.strip().lower()
-        if lowered in _TRUE or lowered in _FALSE:
-            return lowered in _TRUE
-    elif kind in ("int", "float"):
-        try:
-            return int(text) if kind == "int" else float(text)
-        except ValueError:
-            pass
-    elif kind == "list":
-        return [item.strip() for item in text.split(",") if item.strip()]
-    return _UNPARSED
+@functools.cache
+def _text_adapters(cls: type[TransportOptions]) -> dict[str, TypeAdapter[Any]]:
+    """Field name → the pydantic adapter reading its type from text."""
+    hints = typing.get_type_hints(cls)
+    config = ConfigDict(arbitrary_types_allowed=True)  # ssl.SSLContext: never from text
+    return {
+        f.name: TypeAdapter(_from_text_type(hints[f.name]), config=config)
+        for f in dataclasses.fields(cls)
+    }
 
 
-_FIELD_KINDS: dict[type, dict[str, tuple[str, ...]]] = {}
+def _split_items(value: Any) -> Any:
+    return (
+        [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, str)
+        else value
+    )
 
 
-def _field_kinds(cls: type[TransportOptions]) -> dict[str, tuple[str, ...]]:
-    """Field name → the names of the types its annotation allows (``None`` left out):
-    ``int | None`` → ``("int",)``, ``list[str]`` → ``("list",)``."""
-    kinds = _FIELD_KINDS.get(cls)
-    if kinds is None:
-        kinds = _FIELD_KINDS[cls] = {
-            f.name: tuple(name for name in _type_names(f.type) if name != "None")
-            for f in dataclasses.fields(cls)
-        }
-    return kinds
-
-
-def _type_names(annotation: Any) -> list[str]:
-    if isinstance(annotation, str):
-        text = annotation.strip()
-        if text.startswith("Optional[") and text.endswith("]"):
-            text = text[len("Optional[") : -1] + " | None"
-        names: list[str] = []
-        depth = start = 0
-        for i, char in enumerate(text + "|"):
-            if char == "[":
-                depth += 1
-            elif char == "]":
-                depth -= 1
-            elif char == "|" and depth == 0:
-                names.append(text[start:i].strip().split("[", 1)[0].rsplit(".", 1)[-1])
-                start = i + 1
-        return names
-    if annotation is None or annotation is type(None):
-        return ["None"]
+def _from_text_type(annotation: Any) -> Any:
+    """``annotation`` as text reads it: a union tries its members in turn, text last; a
+    list is comma-separated."""
+    args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [name for arg in typing.get_args(annotation) for name in _type_names(arg)]
-    origin = typing.get_origin(annotation) or annotation
-    return [getattr(origin, "__name__", str(origin))]
+        members = sorted((_from_text_type(arg) for arg in args), key=lambda arg: arg is str)
+        union: Any = typing.Union[tuple(members)]  # noqa: UP007 - built at run time
+        if len(members) - (type(None) in members) < 2:
+            return union  # ``X | None``: pydantic's nullable X, no choice to make
+        return Annotated[union, Field(union_mode="left_to_right")]
+    if typing.get_origin(annotation) is list:
+        return Annotated[annotation, BeforeValidator(_split_items)]
+    return annotation
 
 
 # -- TLS --------------------------------------------------------------------------------

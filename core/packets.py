@@ -13,12 +13,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .errors import NO_HANDLER_MESSAGE, ProtocolError
+from .errors import NO_HANDLER_MESSAGE, ProtocolError, short_repr
 from .serializers import Serializer
 
+if TYPE_CHECKING:
+    from .abc import ReplySink
+
 log = logging.getLogger("polybus.server")
+client_log = logging.getLogger("polybus.client")
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -39,7 +43,9 @@ __all__ = [
     "parse_deadline",
     "parse_deadline_value",
     "read_incoming",
+    "read_reply",
     "reply_envelope",
+    "unreadable_reply",
 ]
 
 
@@ -231,6 +237,54 @@ def decode_reply(serializer: Serializer, body: bytes | bytearray | memoryview) -
         )
     rid = value.get("id") if isinstance(value, dict) else None
     return Reply(None if rid is None else str(rid), value, None, True)
+
+
+def read_reply(
+    sink: ReplySink,
+    serializer: Serializer,
+    body: bytes | bytearray | memoryview,
+    limit: int,
+    where: object,
+    request_id: str | None = None,
+    *,
+    stream: bool = False,
+) -> None:
+    """The reply path every client shares: decode ``body`` (a reply envelope) and hand it
+    to ``sink``, or apply the rule of :class:`~polybus.abc.ClientTransport` to a reply
+    over ``limit`` bytes or that cannot be decoded (:func:`unreadable_reply`; ``where``,
+    the channel or topic it came on, is only formatted then).
+
+    ``request_id`` is the request the transport says the reply belongs to without reading
+    the body (NATS inbox subject, RabbitMQ ``correlation_id``); it wins over the body's
+    ``id``. ``stream``: the reply came on a byte stream that cannot be resynchronised
+    (TCP): the ``ProtocolError`` is raised, for the adapter to end the connection."""
+    try:
+        if len(body) > limit:
+            raise ProtocolError(f"reply of {len(body)} bytes exceeds max_message_bytes={limit}")
+        reply = decode_reply(serializer, body)
+    except ProtocolError as exc:
+        if stream:
+            raise
+        unreadable_reply(sink, exc, len(body), where, request_id)
+        return
+    if request_id is not None:
+        reply.id = request_id
+    sink.on_reply(reply)
+
+
+def unreadable_reply(
+    sink: ReplySink, exc: ProtocolError, size: int, where: object, request_id: str | None
+) -> None:
+    """A reply of ``size`` bytes that cannot be read, by the rule of
+    :class:`~polybus.abc.ClientTransport`: it fails request ``request_id`` now with ``exc``;
+    without one (the id was inside the body) it is logged, bounded, and dropped: its call
+    ends at its timeout."""
+    if request_id is not None:
+        sink.on_request_error(request_id, exc)
+        return
+    client_log.warning(
+        "dropping an unreadable reply of %d bytes on %s: %s", size, where, short_repr(str(exc))
+    )
 
 
 @dataclass(slots=True)

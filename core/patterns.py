@@ -43,6 +43,7 @@ become :data:`NO_ROUTE`, a string that no handler should be registered under.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -143,26 +144,19 @@ def _js_float(x: float) -> str:
 
 # --------------------------------------------------------------------------- collation
 
-_sort_key_fn: Callable[[str], tuple[int, ...]] | None = None
-_SORT_KEYS: dict[str, tuple[int, ...]] = {}
-_SORT_KEYS_MAX: Final = 4096
+
+@functools.cache
+def _collator() -> Callable[[str], tuple[int, ...]]:
+    from pyuca.collator import Collator_10_0_0  # type: ignore[import-untyped]
+
+    sort_key: Callable[[str], tuple[int, ...]] = Collator_10_0_0().sort_key
+    return sort_key
 
 
+@functools.lru_cache(maxsize=4096)
 def _collation_key(key: str) -> tuple[int, ...]:
     """UCA (DUCET 10.0.0, non-ignorable, tertiary) sort key of `key`, memoized."""
-    sk = _SORT_KEYS.get(key)
-    if sk is None:
-        global _sort_key_fn
-        fn = _sort_key_fn
-        if fn is None:
-            from pyuca.collator import Collator_10_0_0  # type: ignore[import-untyped]
-
-            fn = _sort_key_fn = Collator_10_0_0().sort_key
-        sk = fn(key)
-        if len(_SORT_KEYS) >= _SORT_KEYS_MAX:
-            _SORT_KEYS.clear()
-        _SORT_KEYS[key] = sk
-    return sk
+    return _collator()(key)
 
 
 def _collate(pairs: list[tuple[str, object]]) -> list[tuple[str, object]]:
@@ -357,6 +351,8 @@ def route_from_wire(s: str) -> str:
     """
     if not s or s[0] not in _JSON_START:
         return s
+    # a dict, not functools.lru_cache: the hit stays inline (a hot path) and long strings
+    # are looked up but never stored
     route = _WIRE_MEMO.get(s)
     if route is None:
         route = _route_from_json(s)

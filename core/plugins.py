@@ -17,12 +17,15 @@ factories) is imported only when a URL or NestJS dict selects it.
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
+import importlib.util
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ConfigError
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ClientFactory",
+    "LocalBroker",
     "ServerFactory",
     "TransportPlugin",
     "TransportSpec",
@@ -72,7 +76,6 @@ class TransportPlugin:
     """A transport's implementation: its options type, the factories of its two halves and,
     optionally, what it offers the fault suite (:mod:`polybus.testing.injection`)."""
 
-    name: str
     options: type[TransportOptions]
     client: ClientFactory
     server: ServerFactory
@@ -88,13 +91,29 @@ class TransportPlugin:
 
 
 @dataclass(frozen=True)
+class LocalBroker:
+    """Where the test suites (:mod:`polybus.testing.brokers`) find a broker of a transport:
+    the URL in environment variable ``env`` (``POLYBUS_<NAME>_URL``), else ``url``; if
+    nothing answers there, a container of ``image`` (run with ``command``, listening on
+    ``container_port``, else on ``url``'s port) where Docker is available; its URL is then
+    ``url`` with the container's host and port."""
+
+    env: str
+    url: str
+    image: str | None = None
+    command: tuple[str, ...] = ()
+    container_port: int | None = None
+
+
+@dataclass(frozen=True)
 class TransportSpec:
     """A transport's declaration, readable without importing its client library.
 
     ``implementation`` is ``"module:attribute"`` of its :class:`TransportPlugin`;
     ``nest_names`` the NestJS ``Transport`` names that select it in a dict config (the
     first is NestJS's own), ``nest_number`` the ``Transport`` enum value; ``extra`` the
-    ``pip install polybus[extra]`` that brings its client library.
+    ``pip install polybus[extra]`` that brings its client library; ``test_broker`` where
+    the test suites find a broker of it (``None``: it needs none, or none is declared).
     """
 
     name: str
@@ -103,6 +122,7 @@ class TransportSpec:
     nest_names: tuple[str, ...] = ()
     nest_number: int | None = None
     extra: str | None = None
+    test_broker: LocalBroker | None = None
 
     def load(self) -> TransportPlugin:
         module_name, _, attribute = self.implementation.partition(":")
@@ -183,15 +203,38 @@ def find_by_nest_name(transport: Any) -> TransportSpec:
     return spec
 
 
-def lazy_attributes(package: str, where: dict[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` that imports ``name`` from ``package + where[name]`` on first
-    use: a transport package's ``__init__`` stays free of its client library (it holds the
-    declaration), while ``from polybus.transports.x import XClientTransport`` works."""
+def lazy_attributes(package: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for a transport package's ``__init__``, which holds the
+    declaration and so must stay free of its client library: ``name`` is imported on first
+    use from the module that the package's ``if TYPE_CHECKING:`` block imports it from
+    (one list, read by the type checker and by this), so that
+    ``from polybus.transports.x import XClientTransport`` works."""
 
     def __getattr__(name: str) -> Any:
-        module = where.get(name)
+        module = _typing_imports(package).get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         return getattr(importlib.import_module(module, package), name)
 
     return __getattr__
+
+
+@functools.cache
+def _typing_imports(package: str) -> dict[str, str]:
+    """Name → relative module of every ``from .module import name`` in the top-level
+    ``if TYPE_CHECKING:`` blocks of ``package``'s ``__init__``."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return {}
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    where: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) in _TYPE_CHECKING:
+            for item in node.body:
+                if isinstance(item, ast.ImportFrom) and item.level:
+                    module = "." * item.level + (item.module or "")
+                    where.update((alias.asname or alias.name, module) for alias in item.names)
+    return where
+
+
+_TYPE_CHECKING = frozenset(("TYPE_CHECKING", "typing.TYPE_CHECKING"))

@@ -29,11 +29,11 @@ from polybus.packets import (
     Reply,
     Request,
     decode_incoming,
-    decode_reply,
     encode_event,
     encode_reply,
     encode_request,
     parse_deadline,
+    read_reply,
 )
 from polybus.plugins import TransportPlugin, TransportSpec
 from polybus.serializers import Serializer
@@ -47,7 +47,13 @@ __all__ = [
     "MemoryServerTransport",
 ]
 
-FEATURES = Features(name="memory", unknown_pattern="error", competing_consumers=True, headers=True)
+FEATURES = Features(
+    name="memory",
+    unknown_pattern="error",
+    competing_consumers=True,
+    headers=True,
+    unreadable_reply="fails_request",
+)
 
 
 @dataclass
@@ -86,7 +92,7 @@ def _bus(name: str) -> _Bus:
 class MemoryContext(Context):
     """Context of an in-memory message."""
 
-    __slots__ = ("_client",)
+    __slots__ = ("_client", "_serializer")
     transport_name = "memory"
 
     def __init__(
@@ -95,17 +101,22 @@ class MemoryContext(Context):
         data: Any,
         id: Any,
         client: MemoryClientTransport | None,
+        serializer: Serializer,
         metadata: dict[str, str] | None = None,
     ) -> None:
         super().__init__(pattern, data, id, metadata, parse_deadline(metadata))
         self._client = client
+        self._serializer = serializer
 
     async def send_reply(self, reply: Reply) -> None:
+        """The server's serializer writes the reply, the client's reads it, as on a wire."""
         client = self._client
         if client is None or client._sink is None:
             return
-        body = encode_reply(client._serializer, reply)
-        client._sink.on_reply(decode_reply(client._serializer, body))
+        body = encode_reply(self._serializer, reply)
+        limit = client.options.max_message_bytes
+        # the context knows its request: an unreadable reply fails it at once
+        read_reply(client._sink, client._serializer, body, limit, "memory", str(self.id))
 
 
 class MemoryClientTransport:
@@ -176,14 +187,21 @@ class MemoryServerTransport:
         if incoming.id is MISSING:
             client = None
         await sink(
-            MemoryContext(incoming.pattern, incoming.data, incoming.id, client, incoming.metadata)
+            MemoryContext(
+                incoming.pattern,
+                incoming.data,
+                incoming.id,
+                client,
+                self._serializer,
+                incoming.metadata,
+            )
         )
 
     def __repr__(self) -> str:
         return f"MemoryServerTransport(memory://{self.options.name})"
 
 
-PLUGIN = TransportPlugin("MEMORY", MemoryOptions, MemoryClientTransport, MemoryServerTransport)
+PLUGIN = TransportPlugin(MemoryOptions, MemoryClientTransport, MemoryServerTransport)
 SPEC = TransportSpec(
     name="memory",
     schemes=("memory",),

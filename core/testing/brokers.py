@@ -1,29 +1,32 @@
-"""Where the tests find their brokers.
+"""Where the tests find their brokers: each transport's declaration says it.
 
-A broker URL comes from the environment first (``POLYBUS_REDIS_URL``...), else the local
-default; if nothing answers there and a Docker engine is available, testcontainers starts
-one; otherwise the test is skipped with the reason — except when whoever runs the suite
-asks for brokers (``POLYBUS_REQUIRE_BROKERS=1``, as polybus's own CI does): then a broker
-test that cannot run fails.
+A transport's :class:`~polybus.plugins.TransportSpec` names its test broker
+(:class:`~polybus.plugins.LocalBroker`): the URL comes from its environment variable first
+(``POLYBUS_<NAME>_URL``), else the declared default; if nothing answers there and a
+Docker engine is available, testcontainers starts one; otherwise the test is skipped with
+the reason — except when whoever runs the suite asks for brokers
+(``POLYBUS_REQUIRE_BROKERS=1``, as polybus's own CI does): then a broker test that cannot
+run fails. This module knows no broker itself.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from ..config import redact_url
+from ..plugins import LocalBroker, transport_specs
 
 __all__ = [
-    "BROKERS",
     "REQUIRE_BROKERS",
     "broker_url",
     "brokers_required",
+    "declared_brokers",
     "env_flag",
+    "local_url",
     "require",
     "restart_command",
 ]
@@ -31,23 +34,19 @@ __all__ = [
 REQUIRE_BROKERS = "POLYBUS_REQUIRE_BROKERS"
 """Set to 1 to make a broker test that cannot run a failure instead of a skip."""
 
-
-@dataclass(frozen=True)
-class Broker:
-    env: str
-    default: str
-    image: str | None
-
-
-BROKERS: dict[str, Broker] = {
-    "redis": Broker("POLYBUS_REDIS_URL", "redis://127.0.0.1:6379", "redis:7.2.5"),
-    "nats": Broker("POLYBUS_NATS_URL", "nats://127.0.0.1:4222", "nats:2.10.22"),
-    "rabbitmq": Broker("POLYBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq:3.13.7"),
-    "kafka": Broker("POLYBUS_KAFKA_URL", "kafka://127.0.0.1:19092", "apache/kafka:3.9.0"),
-    "mqtt": Broker("POLYBUS_MQTT_URL", "mqtt://127.0.0.1:1883", "eclipse-mosquitto:2.0.20"),
-}
-
 _started: dict[str, str] = {}
+
+
+def declared_brokers() -> dict[str, LocalBroker]:
+    """Transport name → the test broker it declares, for every transport that does."""
+    return {spec.name: spec.test_broker for spec in transport_specs() if spec.test_broker}
+
+
+def local_url(name: str) -> str:
+    """The ``name`` broker's URL as the environment gives it, else its declared default
+    (whether or not something answers there)."""
+    broker = declared_brokers()[name]
+    return os.environ.get(broker.env) or broker.url
 
 
 def env_flag(name: str) -> bool:
@@ -88,42 +87,41 @@ def _docker_available() -> bool:
         return False
 
 
-def _start_container(name: str) -> str:  # pragma: no cover - needs a Docker engine
+def _start_container(broker: LocalBroker) -> str:  # pragma: no cover - needs a Docker engine
     from testcontainers.core.container import DockerContainer
 
-    broker = BROKERS[name]
-    ports = {"redis": 6379, "nats": 4222, "rabbitmq": 5672, "kafka": 9092, "mqtt": 1883}
-    assert broker.image is not None
-    container = DockerContainer(broker.image).with_exposed_ports(ports[name])
-    if name == "nats":
-        container = container.with_command("-js")
+    parts = urlsplit(broker.url)
+    port = broker.container_port or parts.port
+    assert broker.image is not None and port is not None
+    container = DockerContainer(broker.image).with_exposed_ports(port)
+    if broker.command:
+        container = container.with_command(" ".join(broker.command))
     container.start()
     host = container.get_container_host_ip()
-    port = container.get_exposed_port(ports[name])
-    scheme = urlsplit(broker.default).scheme
-    auth = "guest:guest@" if name == "rabbitmq" else ""
-    return f"{scheme}://{auth}{host}:{port}" + ("/" if name == "rabbitmq" else "")
+    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    netloc = f"{auth}{host}:{container.get_exposed_port(port)}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def restart_command(name: str) -> list[str] | None:
     """How to restart the ``name`` broker the tests use: the shell command in
     ``POLYBUS_<NAME>_RESTART`` (``POLYBUS_REDIS_RESTART``, ``POLYBUS_AMQP_RESTART``...,
     named like the URL variable), given by whoever runs the suite; ``None`` when unset."""
-    env = BROKERS[name].env.removesuffix("_URL") + "_RESTART" if name in BROKERS else None
-    command = os.environ.get(env) if env else None
+    broker = declared_brokers().get(name)
+    command = os.environ.get(broker.env.removesuffix("_URL") + "_RESTART") if broker else None
     return ["sh", "-c", command] if command else None
 
 
 def broker_url(name: str) -> str:
     """The URL of a running ``name`` broker, or skip/fail the calling test."""
-    broker = BROKERS[name]
-    url = os.environ.get(broker.env) or broker.default
+    broker = declared_brokers()[name]
+    url = os.environ.get(broker.env) or broker.url
     if name in _started:
         return _started[name]
     if _answers(url):
         return url
-    if _docker_available():
-        _started[name] = _start_container(name)
+    if broker.image is not None and _docker_available():
+        _started[name] = _start_container(broker)
         return _started[name]
     require(
         f"{name} broker unavailable at {redact_url(url)} (set {broker.env}) "

@@ -17,6 +17,7 @@ does not apply is skipped with the reason, never silently passed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -24,8 +25,9 @@ import pytest
 
 from ..abc import ConnectionStatus
 from ..client import ClientProxy
-from ..errors import NoRespondersError, RequestTimeout, RpcError, TransportError
+from ..errors import NoRespondersError, ProtocolError, RequestTimeout, RpcError, TransportError
 from ..middleware import ClientMiddleware, Outgoing, SendNext
+from ..serializers import JSON, MsgpackSerializer, Serializer
 from .harness import NOT_APPLICABLE, Conformance
 
 __all__ = [name for name in dir() if name.startswith("test_")]
@@ -174,6 +176,69 @@ def test_errors_cross_as_nestjs_shapes_and_server_keeps_serving(conformance: Con
             await client.send(c.routes.crash, {})
         assert info.value.error == {"status": "error", "message": "Internal server error"}
         assert await client.send(c.routes.echo, "still serving") == "still serving"
+
+    conformance.run(case)
+
+
+_GARBLE = "polybus-conformance-garble"
+
+
+class _GarblingSerializer:
+    """The server's serializer in :func:`test_unreadable_reply_outcome`: a peer that answers
+    with bytes no serializer reads (any reply holding :data:`_GARBLE`)."""
+
+    def __init__(self, base: Serializer) -> None:
+        self._base = base
+        self.name = f"garbling-{base.name}"
+        self.binary = base.binary
+
+    def dumps(self, obj: Any) -> bytes:
+        body = self._base.dumps(obj)
+        if _GARBLE.encode() not in body:
+            return body
+        return b"\xc1\xff" if self.binary else b"{garbage"  # msgpack's unused byte; bad JSON
+
+    def loads(self, data: bytes | bytearray | memoryview | str) -> Any:
+        return self._base.loads(data)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_unreadable_reply_outcome(conformance: Conformance) -> None:
+    """The rule of ClientTransport: an unreadable reply fails its request at once, or is
+    logged and dropped (the call times out), or ends the connection (a byte stream)."""
+
+    async def case(c: Conformance) -> None:
+        # binary where the transport allows it: Kafka reads any text as a NestJS value
+        base: Serializer = JSON if c.features.text_only else MsgpackSerializer()
+        await c.server(serializer=_GarblingSerializer(base))
+        client = c.client(serializer=base)
+        records = _Records()
+        logger = logging.getLogger("polybus.client")
+        logger.addHandler(records)
+        try:
+            outcome = c.features.unreadable_reply
+            if outcome == "fails_request":
+                with pytest.raises(ProtocolError):
+                    await client.send(c.routes.echo, _GARBLE, timeout=60)
+            elif outcome == "ends_connection":
+                with pytest.raises(TransportError):
+                    await client.send(c.routes.echo, _GARBLE, timeout=60)
+            else:
+                with pytest.raises(RequestTimeout):
+                    await client.send(c.routes.echo, _GARBLE, timeout=1.0)
+                assert any("unreadable reply" in message for message in records.messages)
+        finally:
+            logger.removeHandler(records)
+        assert client.pending_count == 0
+        assert await client.send(c.routes.echo, "next") == "next"
 
     conformance.run(case)
 

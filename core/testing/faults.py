@@ -63,7 +63,7 @@ from ..abc import SupportsCleanup
 from ..client import ClientProxy
 from ..config import create_server_transport, redact_url, resolve_target
 from ..errors import PolybusError, RequestTimeout, TransportError
-from .brokers import BROKERS, env_flag, require, restart_command
+from .brokers import declared_brokers, env_flag, local_url, require, restart_command
 from .harness import NOT_APPLICABLE, Conformance
 from .injection import Cut, FaultInjection, probe_port
 
@@ -342,8 +342,9 @@ async def run_command(
 
 
 def brokers_up() -> dict[str, str]:
-    """Name → URL of every test broker (:data:`~polybus.testing.brokers.BROKERS`) answering."""
-    urls = {name: os.environ.get(b.env) or b.default for name, b in BROKERS.items()}
+    """Name → URL of every test broker the transports declare
+    (:func:`~polybus.testing.brokers.declared_brokers`) that answers."""
+    urls = {name: local_url(name) for name in declared_brokers()}
     return {name: url for name, url in urls.items() if broker_answers(url)}
 
 
@@ -498,12 +499,12 @@ class Faults(Conformance):
 
     def ensure_broker(self) -> None:
         """Bring this case's broker back if the case left it down."""
-        if self.name in BROKERS:
+        if self.name in declared_brokers():
             ensure_brokers({self.name: self.url})
 
     def broker_port(self) -> int | None:
         """The broker's port (None where the transport has no broker of its own)."""
-        if self.name not in BROKERS:
+        if self.name not in declared_brokers():
             return None
         address = _address(self.url)
         return None if address is None else address[1]
@@ -784,7 +785,7 @@ def test_expired_requests_are_skipped(faults: Faults) -> None:
 @pytest.mark.timeout(FAULT_CASE_TIMEOUT + 60)
 def test_broker_restart_mid_traffic(faults: Faults) -> None:
     """Restart the broker under load: no call hangs, and the same objects work afterwards."""
-    if faults.name not in BROKERS:
+    if faults.name not in declared_brokers():
         pytest.skip(f"{NOT_APPLICABLE}{faults.name} has no broker to restart")
     faults.require_disruptive()
 

@@ -31,12 +31,13 @@ from polybus.serializers import JsonSerializer, MsgpackSerializer, resolve_seria
 from polybus.transports.kafka import KafkaOptions
 from polybus.transports.nats import NatsOptions
 from polybus.transports.redis import RedisOptions
+from polybus.transports.tcp import PLUGIN as TCP_PLUGIN
 from polybus.transports.tcp import TcpOptions
 
 
 def test_tcp_url_and_overrides() -> None:
     plugin, options = resolve_target("tcp://127.0.0.1:4000?max_message_bytes=1024", {})
-    assert plugin.name == "TCP"
+    assert plugin is TCP_PLUGIN
     assert isinstance(options, TcpOptions)
     assert (options.host, options.port, options.max_message_bytes, options.tls) == (
         "127.0.0.1",
@@ -53,9 +54,9 @@ def test_nest_style_dict() -> None:
     plugin, options = resolve_target(
         {"name": "MATH", "transport": "TCP", "options": {"host": "127.0.0.1", "port": 3001}}, {}
     )
-    assert plugin.name == "TCP" and isinstance(options, TcpOptions) and options.port == 3001
+    assert plugin is TCP_PLUGIN and isinstance(options, TcpOptions) and options.port == 3001
     plugin, _ = resolve_target({"transport": 0, "options": {}}, {})  # Transport.TCP == 0
-    assert plugin.name == "TCP"
+    assert plugin is TCP_PLUGIN
 
 
 @pytest.mark.parametrize(

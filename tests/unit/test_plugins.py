@@ -4,6 +4,7 @@ them, and polybus stays out of the pytest runs of projects that merely install i
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from polybus import ConfigError, TransportSpec, create_client, register_transport
 from polybus.config import resolve_target
 from polybus.plugins import find_by_nest_name, find_by_scheme, transport_specs
+from polybus.testing.brokers import declared_brokers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,13 +50,19 @@ def test_no_file_under_core_imports_a_broker_library() -> None:
 
 
 def test_core_names_no_transport() -> None:
-    """Core keeps no list of transports: no scheme table, no NestJS name table. (The test
-    kit's table of the brokers polybus's own suite runs against, with their environment
-    variables and container images, is test-environment data: testing/brokers.py.)"""
-    files = [p for p in (ROOT / "core").rglob("*.py") if p.name != "brokers.py"]
-    text = "\n".join(p.read_text() for p in files)
-    for needle in ('"amqp"', '"kafka":', '"RMQ"', "polybus.transports.redis"):
+    """Core keeps no list of transports: no scheme table, no NestJS name table, and the
+    test kit no table of brokers (each transport declares its own ``test_broker``)."""
+    text = "\n".join(p.read_text() for p in (ROOT / "core").rglob("*.py"))
+    needles = ('"amqp"', '"kafka":', '"RMQ"', "polybus.transports.redis", "POLYBUS_REDIS_URL")
+    for needle in (*needles, "POLYBUS_NATS_URL", "rabbitmq:3", "eclipse-mosquitto"):
         assert needle not in text, needle
+
+
+def test_transports_declare_their_test_brokers() -> None:
+    declared = declared_brokers()
+    assert {"redis", "nats", "rabbitmq", "kafka", "mqtt"} <= set(declared)
+    assert declared["rabbitmq"].env == "POLYBUS_AMQP_URL"
+    assert "tcp" not in declared and "memory" not in declared  # no broker of their own
 
 
 def test_builtin_transports_are_declared_like_any_other() -> None:
@@ -122,3 +130,12 @@ def test_a_project_that_installs_polybus_is_unaffected_by_its_pytest_plugin(
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
+
+
+@pytest.mark.parametrize("name", ["tcp", "redis", "nats", "rabbitmq", "kafka", "mqtt"])
+def test_a_transport_package_exports_what_its_type_checking_block_imports(name: str) -> None:
+    package = importlib.import_module(f"polybus.transports.{name}")
+    for export in package.__all__:
+        assert getattr(package, export) is not None, export
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        package.Nope  # noqa: B018

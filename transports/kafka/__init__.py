@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from polybus.plugins import TransportSpec, lazy_attributes
+from polybus.plugins import LocalBroker, TransportSpec, lazy_attributes
 
 if TYPE_CHECKING:
     from ._client import KafkaClientTransport
@@ -50,20 +50,9 @@ SPEC = TransportSpec(
     nest_names=("KAFKA",),
     nest_number=6,
     extra="kafka",
+    test_broker=LocalBroker(
+        "POLYBUS_KAFKA_URL", "kafka://127.0.0.1:19092", "apache/kafka:3.9.0", container_port=9092
+    ),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "KafkaClientTransport": "._client",
-        "FEATURES": "._common",
-        "Codec": "._common",
-        "check_topic": "._common",
-        "KafkaContext": "._context",
-        "KafkaOptions": "._options",
-        "KafkaServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

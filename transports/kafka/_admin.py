@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 
 from polybus.errors import TransportError
 
-from ._common import close_quietly, log, transport_error
+from ._common import ERRORS, close_quietly, log
 from ._options import KafkaOptions
 
 __all__ = ["TopicAdmin"]
@@ -37,10 +37,11 @@ class TopicAdmin:
             if self._admin is None:
                 admin = AIOKafkaAdminClient(**self._options.client_kwargs(self._role))
                 try:
-                    await admin.start()
-                except Exception as exc:
+                    with ERRORS("kafka: cannot connect to %s", self._options.describe()):
+                        await admin.start()
+                except Exception:
                     await close_quietly(admin.close())
-                    raise transport_error(f"connect to {self._options.describe()}", exc) from exc
+                    raise
                 self._admin = admin
         return self._admin
 
@@ -67,10 +68,8 @@ class TopicAdmin:
             NewTopic(name, options.num_partitions, replication, topic_configs=config)
             for name in names
         ]
-        try:
+        with ERRORS(f"kafka: cannot create topics {names}"):
             response = await admin.create_topics(new, timeout_ms=options.request_timeout_ms)
-        except Exception as exc:
-            raise transport_error(f"create topics {names}", exc) from exc
         for item in getattr(response, "topic_errors", ()):
             name, code = item[0], item[1]
             if code == 0:
@@ -89,10 +88,8 @@ class TopicAdmin:
         """Partition ids of an existing ``topic`` (after :meth:`ensure`)."""
         admin = await self._client()
         for attempt in range(50):
-            try:
+            with ERRORS(f"kafka: cannot describe topic {topic!r}"):
                 described = await admin.describe_topics([topic])
-            except Exception as exc:
-                raise transport_error(f"describe topic {topic!r}", exc) from exc
             for item in described:
                 if item.get("topic") == topic and item.get("error_code", 0) == 0:
                     ids = sorted(p["partition"] for p in item.get("partitions") or ())
@@ -106,10 +103,8 @@ class TopicAdmin:
         if not names:
             return
         admin = await self._client()
-        try:
+        with ERRORS(f"kafka: cannot delete topics {names}"):
             await admin.delete_topics(names, timeout_ms=self._options.request_timeout_ms)
-        except Exception as exc:
-            raise transport_error(f"delete topics {names}", exc) from exc
 
     async def close(self) -> None:
         admin, self._admin = self._admin, None

@@ -20,13 +20,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type:
 
 from polybus.abc import ConnectionStatus, Release, ReplySink
 from polybus.errors import ProtocolError, RequestTimeout, TransportError
-from polybus.packets import MISSING, Event, Record, Reply, Request
+from polybus.packets import MISSING, Event, Record, Reply, Request, unreadable_reply
 from polybus.serializers import Serializer
 
 from ._admin import TopicAdmin
 from ._common import (
     CORRELATION_ID,
     DEADLINE,
+    ERRORS,
     FEATURES,
     NEST_ERR,
     NEST_IS_DISPOSED,
@@ -42,7 +43,6 @@ from ._common import (
     fetched_batches,
     log,
     produce,
-    transport_error,
 )
 from ._options import KafkaOptions
 from ._replies import ReplyPartitions
@@ -98,10 +98,11 @@ class KafkaClientTransport:
         producer = AIOKafkaProducer(**options.producer_kwargs("client"))
         consumer = AIOKafkaConsumer(**options.consumer_kwargs("client"))
         try:
-            await asyncio.gather(producer.start(), consumer.start())
-        except Exception as exc:
+            with ERRORS("kafka: cannot connect to %s", options.describe()):
+                await asyncio.gather(producer.start(), consumer.start())
+        except Exception:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
-            raise transport_error(f"connect to {options.describe()}", exc) from exc
+            raise
         self._sink = sink
         self._producer = producer
         self._consumer = consumer
@@ -167,10 +168,8 @@ class KafkaClientTransport:
         if event.record is not None:
             _apply_record_options(codec, event.record, out)
         future = await self._produce(event.route, out)
-        try:
+        with ERRORS(f"kafka: cannot publish to {event.route!r}"):
             await future
-        except Exception as exc:
-            raise transport_error(f"publish to {event.route!r}", exc) from exc
 
     async def _produce(self, topic: str, out: OutRecord) -> asyncio.Future[Any]:
         producer = self._producer
@@ -189,7 +188,7 @@ class KafkaClientTransport:
             exc = future.exception()
             if exc is None:
                 return
-            error = transport_error("deliver the request", exc)
+            error = ERRORS.error(exc, "kafka: cannot deliver the request")
         sink = self._sink
         if sink is not None:
             sink.on_request_error(rid, error)
@@ -273,13 +272,20 @@ class KafkaClientTransport:
         if streamed is None or sink is None:
             return  # another caller's reply (or one that ended)
         codec = self._codec
-        if err is not MISSING:
-            sink.on_reply(Reply(rid, MISSING, codec.decode(err), True))
-            return
+        raw = record.value
+        # the correlation header names the request: an unreadable reply fails it at once
         try:
-            value = codec.decode(record.value, kind)
+            if err is not MISSING:
+                err = codec.decode(err)
+            else:
+                if raw is not None:
+                    self.options.check_size(raw, "reply")
+                value = codec.decode(raw, kind)
         except ProtocolError as exc:
-            log.warning("kafka: dropping undecodable reply on %s: %s", record.topic, exc)
+            unreadable_reply(sink, exc, len(raw or b""), record.topic, rid)
+            return
+        if err is not MISSING:
+            sink.on_reply(Reply(rid, MISSING, err, True))
             return
         if disposed:
             if value is None and kind is None and streamed:

@@ -10,10 +10,15 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    ConsumerStoppedError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from polybus.abc import Features
-from polybus.errors import ConfigError, PolybusError, ProtocolError, TransportError, describe_error
+from polybus.errors import ConfigError, ErrorMap, ProtocolError, TransportError
 from polybus.packets import DEADLINE_HEADER, MISSING
 from polybus.patterns import js_number
 from polybus.serializers import JSON, Serializer
@@ -21,6 +26,7 @@ from polybus.serializers import JSON, Serializer
 __all__ = [
     "CORRELATION_ID",
     "DEADLINE",
+    "ERRORS",
     "FEATURES",
     "NEST_ERR",
     "NEST_IS_DISPOSED",
@@ -34,7 +40,6 @@ __all__ = [
     "cluster_reachable",
     "fetched_batches",
     "produce",
-    "transport_error",
 ]
 
 log = logging.getLogger("polybus.kafka")
@@ -42,6 +47,7 @@ log = logging.getLogger("polybus.kafka")
 FEATURES: Final = Features(
     name="kafka",
     unknown_pattern="timeout",
+    unreadable_reply="fails_request",
     object_patterns=False,
     competing_consumers=True,
     durable_events=True,
@@ -87,12 +93,11 @@ def check_topic(route: str) -> str:
     return route
 
 
-def transport_error(action: str, exc: BaseException) -> TransportError | ProtocolError:
-    """Map an aiokafka exception to polybus's error hierarchy."""
-    name = type(exc).__name__
-    if name in ("MessageSizeTooLargeError", "RecordTooLargeError", "RecordListTooLargeError"):
-        return ProtocolError(f"kafka: cannot {action}: message too large ({str(exc) or name})")
-    return TransportError(f"kafka: cannot {action}: {describe_error(exc)}")
+ERRORS: Final = ErrorMap(
+    ((MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError), ProtocolError, None),
+    (Exception, TransportError, None),
+)
+"""aiokafka's exceptions as polybus's: a record too large is the message's fault."""
 
 
 Headers = list[tuple[str, bytes]]
@@ -296,10 +301,8 @@ async def produce(
             timestamp_ms=record.timestamp,
             headers=record.headers,
         )
-    except PolybusError:
-        raise
-    except Exception as exc:
-        raise transport_error(f"{action} {topic!r}", exc) from exc
+    except ERRORS.catches as exc:
+        raise ERRORS.error(exc, f"kafka: cannot {action} {topic!r}") from exc
     return future
 
 

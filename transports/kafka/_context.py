@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from polybus.abc import Context
-from polybus.errors import PolybusError, ProtocolError, describe_error
+from polybus.errors import ProtocolError, describe_error
 from polybus.packets import (
     DEAD_LETTER_ERROR,
     DEAD_LETTER_ORIGIN,
@@ -20,6 +20,7 @@ from ._common import (
     CORRELATION_ID,
     DEADLINE,
     DISPOSED_VALUE,
+    ERRORS,
     NEST_ERR,
     NEST_IS_DISPOSED,
     REPLY_PARTITION,
@@ -28,7 +29,6 @@ from ._common import (
     OutRecord,
     log,
     partition_of,
-    transport_error,
 )
 from ._outlet import Outlet
 from ._partition import Partition
@@ -156,12 +156,8 @@ class KafkaContext(Context):
         out = OutRecord(record.key, record.value, headers)
         await self._outlet.ensure_topic(destination)
         future = await self._outlet.send(destination, out, what="dead-letter")
-        try:
+        with ERRORS(f"kafka: cannot dead-letter to {destination!r}"):
             await future
-        except PolybusError:
-            raise
-        except Exception as exc:
-            raise transport_error(f"dead-letter to {destination!r}", exc) from exc
 
     async def settled(self) -> None:
         """Return once :meth:`settle` was called (an ordered partition waits for it)."""

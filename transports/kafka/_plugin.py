@@ -11,6 +11,4 @@ from ._server import KafkaServerTransport
 
 __all__ = ["PLUGIN"]
 
-PLUGIN = TransportPlugin(
-    "KAFKA", KafkaOptions, KafkaClientTransport, KafkaServerTransport, KafkaFaults()
-)
+PLUGIN = TransportPlugin(KafkaOptions, KafkaClientTransport, KafkaServerTransport, KafkaFaults())

@@ -15,10 +15,8 @@ from typing import Any
 
 from aiokafka import TopicPartition  # type: ignore[import-untyped]
 
-from polybus.errors import PolybusError
-
 from ._admin import TopicAdmin
-from ._common import log, transport_error
+from ._common import ERRORS, log
 from ._holes import Holes
 
 __all__ = ["ReplyPartitions"]
@@ -50,7 +48,7 @@ class ReplyPartitions:
         consumer = self._consumer
         tp = TopicPartition(topic, partition)
         async with self._lock:
-            try:
+            with ERRORS("kafka: cannot assign reply partition %s[%d]", topic, partition):
                 current = set(consumer.assignment())
                 others = [old for old in current if old != tp]
                 # First wait until every position is known; the second pass then reads them
@@ -69,10 +67,6 @@ class ReplyPartitions:
                         consumer.seek(old, offset)
                 await consumer.seek_to_end(tp)
                 self._next[tp] = await consumer.position(tp)
-            except PolybusError:
-                raise
-            except (Exception, asyncio.TimeoutError) as exc:
-                raise transport_error(f"assign reply partition {topic}[{partition}]", exc) from exc
 
     async def resync(self, partitions: Sequence[Any], topics: Sequence[str]) -> bool:
         """Read again from the end each of ``partitions`` whose end went below our position;

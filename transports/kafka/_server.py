@@ -28,6 +28,7 @@ from ._admin import TopicAdmin
 from ._assignor import SERVER_ASSIGNORS
 from ._common import (
     CLOSE_TIMEOUT,
+    ERRORS,
     FEATURES,
     Codec,
     check_topic,
@@ -35,7 +36,6 @@ from ._common import (
     cluster_reachable,
     fetched_batches,
     log,
-    transport_error,
 )
 from ._context import read_record
 from ._holes import Holes
@@ -127,11 +127,12 @@ class KafkaServerTransport:
         consumer_kwargs.setdefault("partition_assignment_strategy", SERVER_ASSIGNORS)
         consumer = AIOKafkaConsumer(**consumer_kwargs)
         try:
-            await asyncio.gather(producer.start(), consumer.start())
-            await self._wait_metadata(consumer, topics)
-        except Exception as exc:
+            with ERRORS("kafka: cannot connect to %s", options.describe()):
+                await asyncio.gather(producer.start(), consumer.start())
+                await self._wait_metadata(consumer, topics)
+        except Exception:
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
-            raise transport_error(f"connect to {options.describe()}", exc) from exc
+            raise
         self._outlet.producer = producer
         self._consumer = consumer
         consumer.subscribe(topics, listener=_Listener(self))

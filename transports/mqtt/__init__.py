@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from polybus.plugins import TransportSpec, lazy_attributes
+from polybus.plugins import LocalBroker, TransportSpec, lazy_attributes
 
 if TYPE_CHECKING:
     from ._client import MqttClientTransport
@@ -53,19 +53,9 @@ SPEC = TransportSpec(
     nest_names=("MQTT",),
     nest_number=4,
     extra="mqtt",
+    test_broker=LocalBroker(
+        "POLYBUS_MQTT_URL", "mqtt://127.0.0.1:1883", "eclipse-mosquitto:2.0.20"
+    ),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "MqttClientTransport": "._client",
-        "FEATURES": "._common",
-        "MqttOptions": "._options",
-        "MqttRecord": "._record",
-        "MqttContext": "._server",
-        "MqttServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

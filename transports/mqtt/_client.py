@@ -14,18 +14,11 @@ import time
 import aiomqtt
 
 from polybus.abc import Release, ReplySink, no_release
-from polybus.errors import ProtocolError, TransportError
-from polybus.packets import (
-    Event,
-    Request,
-    decode_reply,
-    encode_event,
-    encode_request,
-    merge_headers,
-)
+from polybus.errors import PolybusError, TransportError
+from polybus.packets import Event, Request, encode_event, encode_request, merge_headers, read_reply
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, Link, log, publish_properties
+from ._common import FEATURES, Link, publish_properties
 from ._options import MqttOptions
 from ._record import record_options
 
@@ -70,17 +63,10 @@ class MqttClientTransport:
     def _on_message(self, message: aiomqtt.Message) -> None:
         sink = self._sink
         payload = message.payload
-        if sink is None or not isinstance(payload, (bytes, bytearray)):
-            return
-        if len(payload) > self.options.max_message_bytes:
-            log.warning("dropping a reply of %d bytes: over max_message_bytes", len(payload))
-            return
-        try:
-            reply = decode_reply(self._serializer, payload)
-        except ProtocolError as exc:
-            log.warning("dropping an undecodable reply on %r: %s", message.topic.value, exc)
-            return
-        sink.on_reply(reply)
+        if sink is not None and isinstance(payload, (bytes, bytearray)):
+            # the request's id is inside the body: an unreadable reply is dropped
+            limit = self.options.max_message_bytes
+            read_reply(sink, self._serializer, payload, limit, message.topic.value)
 
     async def _restore(self, client: aiomqtt.Client) -> None:
         """On each (re)connection, before anything is published: every reply topic."""
@@ -94,7 +80,7 @@ class MqttClientTransport:
         for entry in entries:
             entry.ready, entry.session = done, link.session
 
-    def _lost(self, exc: TransportError) -> None:
+    def _lost(self, exc: PolybusError) -> None:
         if self._sink is not None:
             self._sink.on_connection_lost(exc)
 

@@ -15,11 +15,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from polybus.abc import ConnectionStatus, Features
-from polybus.errors import TransportError, describe_error
+from polybus.errors import ErrorMap, PolybusError, TransportError
 
 from ._options import MqttOptions
 
-__all__ = ["FEATURES", "Link", "publish_properties", "user_properties"]
+__all__ = ["ERRORS", "FEATURES", "Link", "publish_properties", "user_properties"]
 
 log = logging.getLogger("polybus.mqtt")
 
@@ -33,6 +33,9 @@ FEATURES = Features(
         "headers": "MQTT 5 user properties; with MQTT 3.1.1 (the default) NestJS v12 metadata",
     },
 )
+
+ERRORS = ErrorMap((aiomqtt.MqttError, TransportError, None))
+"""aiomqtt's exceptions as polybus's."""
 
 _PROTOCOLS = {
     3: aiomqtt.ProtocolVersion.V31,
@@ -90,14 +93,6 @@ def _new_client(options: MqttOptions, manual_ack: bool) -> aiomqtt.Client:
     return client
 
 
-def transport_error(exc: BaseException, what: str) -> TransportError:
-    if isinstance(exc, TransportError):
-        return exc
-    error = TransportError(f"{what}: {describe_error(exc)}")
-    error.__cause__ = exc
-    return error
-
-
 class Link:
     """One MQTT connection. ``session`` counts connections: a subscription confirmed in
     an earlier session must be made again (``restore`` does it on each reconnection,
@@ -108,7 +103,7 @@ class Link:
         options: MqttOptions,
         on_message: MessageHandler,
         restore: Restore,
-        on_lost: Callable[[TransportError], None] | None = None,
+        on_lost: Callable[[PolybusError], None] | None = None,
         on_status: Callable[[ConnectionStatus], None] | None = None,
         manual_ack: bool = False,
     ) -> None:
@@ -137,10 +132,8 @@ class Link:
 
     async def _open(self) -> aiomqtt.Client:
         client = _new_client(self.options, self._manual_ack)
-        try:
+        with ERRORS("cannot connect to MQTT at %s", self.options.address):
             await client.__aenter__()
-        except aiomqtt.MqttError as exc:
-            raise transport_error(exc, f"cannot connect to MQTT at {self.options.address}") from exc
         self.session += 1
         try:
             await self._restore(client)
@@ -173,7 +166,7 @@ class Link:
             if self._closing:
                 return
             await _drop(client)
-            lost = transport_error(error, f"MQTT connection to {self.options.address} lost")
+            lost = ERRORS.error(error, "MQTT connection to %s lost", self.options.address)
             log.warning("%s; reconnecting", lost)
             self._on_status(ConnectionStatus.DISCONNECTED)
             if self._on_lost is not None:
@@ -257,7 +250,7 @@ class Link:
             raise TransportError(f"MQTT connection lost while publishing to {topic!r}")
         exc = sent.exception()
         if exc is not None:
-            raise transport_error(exc, f"MQTT publish to {topic!r} failed") from exc
+            raise ERRORS.error(exc, "MQTT publish to %r failed", topic) from exc
 
     def ack(self, message: aiomqtt.Message, session: int) -> None:
         """With ``manual_ack``: acknowledge a QoS 1/2 message received in ``session``. One
@@ -271,10 +264,8 @@ class Link:
         """Subscribe and wait for the SUBACK; ``TransportError`` when refused."""
         if not topics:
             return
-        try:
+        with ERRORS("MQTT subscribe failed"):
             codes = await client.subscribe(list(topics))
-        except aiomqtt.MqttError as exc:
-            raise transport_error(exc, "MQTT subscribe failed") from exc
         refused = [
             topic for (topic, _), code in zip(topics, codes, strict=False) if _code(code) >= 0x80
         ]

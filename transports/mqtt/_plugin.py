@@ -11,6 +11,4 @@ from ._server import MqttServerTransport
 
 __all__ = ["PLUGIN"]
 
-PLUGIN = TransportPlugin(
-    "MQTT", MqttOptions, MqttClientTransport, MqttServerTransport, MqttFaults()
-)
+PLUGIN = TransportPlugin(MqttOptions, MqttClientTransport, MqttServerTransport, MqttFaults())

@@ -15,9 +15,9 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.client import topic_matches_sub
 
-from polybus.abc import Context, MessageSink, RouteSpec
+from polybus.abc import MessageSink, PublishedReplyContext, RouteSpec
 from polybus.errors import ConfigError
-from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
+from polybus.packets import read_incoming
 from polybus.patterns import WildcardRoutes
 from polybus.serializers import Serializer
 
@@ -28,14 +28,14 @@ from ._options import MqttOptions
 __all__ = ["MqttContext", "MqttServerTransport"]
 
 
-class MqttContext(Context):
+class MqttContext(PublishedReplyContext):
     """Context of an MQTT message.
 
     ``topic`` is the topic it arrived on (NestJS ``MqttContext.getTopic()``) and
     ``message`` the ``aiomqtt.Message`` (``getPacket()``); ``pattern`` is the handler's
     route, a topic filter when it has wildcards. ``headers`` are the MQTT 5 user
     properties, else the packet's NestJS v12 ``metadata``; ``deadline`` comes from its
-    ``x-polybus-deadline`` entry.
+    ``x-polybus-deadline`` entry. The reply goes to ``<topic>/reply``.
     """
 
     __slots__ = ("_server", "_session", "message", "topic")
@@ -51,19 +51,12 @@ class MqttContext(Context):
         server: MqttServerTransport,
         session: int,
     ) -> None:
-        super().__init__(pattern, data, id, headers, parse_deadline(headers))
-        self.topic = message.topic.value
+        topic = message.topic.value
+        super().__init__(pattern, data, id, headers, server, topic)
+        self.topic = topic
         self.message = message
         self._server = server
         self._session = session
-
-    async def send_reply(self, reply: Reply) -> None:
-        server = self._server
-        body = server.options.check_size(encode_reply(server._serializer, reply))
-        link = server._link
-        if link is None or not link.up:
-            return  # the caller was failed when its connection dropped
-        await link.publish(self.topic + REPLY_SUFFIX, body, 0)
 
     async def settle(self, ok: bool) -> None:
         """Acknowledge a QoS 1/2 message now that its handler is done (MQTT cannot reject:
@@ -80,11 +73,17 @@ class MqttServerTransport:
 
     def __init__(self, options: MqttOptions, serializer: Serializer) -> None:
         self.options = options
-        self._serializer = serializer
+        self.serializer = serializer
         self._sink: MessageSink | None = None
         self._link: Link | None = None
         self._subscriptions: list[tuple[str, int]] = []
         self._routes = WildcardRoutes((), "+#", topic_matches_sub)
+
+    async def publish_reply(self, destination: str, body: bytes) -> None:
+        """Publish on ``<destination topic>/reply`` at QoS 0, as NestJS."""
+        link = self._link
+        if link is not None and link.up:  # else the caller was failed when it dropped
+            await link.publish(destination + REPLY_SUFFIX, body, 0)
 
     async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
         self._subscriptions = [self._subscription(spec) for spec in routes]
@@ -122,7 +121,7 @@ class MqttServerTransport:
             link.ack(message, link.session)
             return None
         limit = self.options.max_message_bytes
-        incoming = read_incoming(self._serializer, payload, limit, repr(topic), channel=route)
+        incoming = read_incoming(self.serializer, payload, limit, repr(topic), channel=route)
         if incoming is None:
             link.ack(message, link.session)
             return None

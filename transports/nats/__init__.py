@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from polybus.plugins import TransportSpec, lazy_attributes
+from polybus.plugins import LocalBroker, TransportSpec, lazy_attributes
 
 if TYPE_CHECKING:
     from ._client import NatsClientTransport
@@ -53,18 +53,7 @@ SPEC = TransportSpec(
     nest_names=("NATS",),
     nest_number=2,
     extra="nats",
+    test_broker=LocalBroker("POLYBUS_NATS_URL", "nats://127.0.0.1:4222", "nats:2.10.22", ("-js",)),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "NatsClientTransport": "._client",
-        "FEATURES": "._common",
-        "NatsOptions": "._options",
-        "NatsContext": "._server",
-        "NatsServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

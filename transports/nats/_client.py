@@ -7,31 +7,24 @@ subscribes to the subject) becomes :class:`~polybus.errors.NoRespondersError`.
 
 from __future__ import annotations
 
-from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from polybus.abc import ConnectionStatus, Release, ReplySink
-from polybus.errors import NoRespondersError, ProtocolError, TransportError, describe_error
-from polybus.packets import (
-    Event,
-    Request,
-    decode_reply,
-    encode_event,
-    encode_request,
-    merge_headers,
-)
+from polybus.errors import NoRespondersError, TransportError
+from polybus.packets import Event, Request, encode_event, encode_request, merge_headers, read_reply
 from polybus.serializers import Serializer
 
 from ._common import (
+    ERRORS,
     FEATURES,
+    PUBLISH,
     ConnectionCallbacks,
     close_connection,
     log,
     open_connection,
-    publish_error,
 )
 from ._jetstream import features_for, publish_acknowledged
 from ._options import NatsOptions
@@ -78,11 +71,9 @@ class NatsClientTransport(ConnectionCallbacks):
                 pending_msgs_limit=0,  # the callback never blocks: no reason to drop replies
                 pending_bytes_limit=0,
             )
-        except nats_errors.Error as exc:
+        except ERRORS.catches as exc:
             await nc.close()
-            raise TransportError(
-                f"cannot subscribe to the reply inbox: {describe_error(exc)}"
-            ) from exc
+            raise ERRORS.error(exc, "cannot subscribe to the NATS reply inbox") from exc
         self._nc = nc
         if self.options.jetstream:
             self._js = nc.jetstream()
@@ -109,13 +100,8 @@ class NatsClientTransport(ConnectionCallbacks):
             else:
                 sink.on_request_error(rid, TransportError(f"NATS status {status} for {route!r}"))
             return
-        try:
-            reply = decode_reply(self._serializer, self.options.check_size(data, "reply"))
-        except ProtocolError as exc:
-            sink.on_request_error(rid, exc)
-            return
-        reply.id = rid
-        sink.on_reply(reply)
+        # the inbox subject names the request: an unreadable reply fails it at once
+        read_reply(sink, self._serializer, data, self.options.max_message_bytes, msg.subject, rid)
 
     def _headers_for(
         self, headers: dict[str, str] | None, deadline: float | None
@@ -150,9 +136,9 @@ class NatsClientTransport(ConnectionCallbacks):
                 self._prefix + rid,
                 headers,
             )
-        except nats_errors.Error as exc:
+        except ERRORS.catches as exc:
             routes.pop(rid, None)
-            raise publish_error(exc, request.route, nc, len(body)) from exc
+            raise ERRORS.error(exc, PUBLISH, len(body), request.route) from exc
         except BaseException:
             routes.pop(rid, None)
             raise
@@ -177,8 +163,8 @@ class NatsClientTransport(ConnectionCallbacks):
             await nc.publish(event.route, body, "", headers)
             if self.options.confirm_publish:
                 await nc.flush()
-        except nats_errors.Error as exc:
-            raise publish_error(exc, event.route, nc, len(body)) from exc
+        except ERRORS.catches as exc:
+            raise ERRORS.error(exc, PUBLISH, len(body), event.route) from exc
 
     async def close(self) -> None:
         self._closing = True

@@ -5,22 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 
 from polybus.abc import Features
-from polybus.errors import ConfigError, ProtocolError, TransportError, describe_error
+from polybus.errors import ConfigError, ErrorMap, ProtocolError, TransportError
 
 from ._options import NatsOptions
 
 __all__ = [
+    "ERRORS",
     "FEATURES",
+    "PUBLISH",
     "ConnectionCallbacks",
     "close_connection",
     "open_connection",
-    "publish_error",
 ]
 
 log = logging.getLogger("polybus.nats")
@@ -28,6 +28,7 @@ log = logging.getLogger("polybus.nats")
 FEATURES = Features(
     name="nats",
     unknown_pattern="no_responders",
+    unreadable_reply="fails_request",
     broadcast=True,
     queue_groups=True,
     headers=True,
@@ -38,6 +39,23 @@ FEATURES = Features(
         "tests/integration/test_nats.py checks fidelity up to that limit",
     },
 )
+
+ERRORS = ErrorMap(
+    (nats_errors.MaxPayloadError, ProtocolError, "over the NATS server's max_payload"),
+    (nats_errors.BadSubjectError, ConfigError, "not a valid NATS subject (no spaces; '.' splits)"),
+    (nats_errors.BadHeaderError, ProtocolError, None),
+    (nats_errors.OutboundBufferLimitError, TransportError, "disconnected, outgoing buffer full"),
+    (
+        (nats_errors.ConnectionClosedError, nats_errors.ConnectionDrainingError),
+        TransportError,
+        "the connection is closed",
+    ),
+    ((nats_errors.Error, OSError, asyncio.TimeoutError), TransportError, None),
+)
+"""nats-py's exceptions (and the socket's) as polybus's."""
+
+PUBLISH = "NATS publish of %d bytes to %r"
+"""What :data:`ERRORS` says of a failed publish (its size and subject)."""
 
 
 class ConnectionCallbacks:
@@ -92,40 +110,19 @@ async def open_connection(options: NatsOptions, owner: ConnectionCallbacks) -> N
             inbox_prefix=options.inbox_prefix,
             pending_size=options.pending_size,
         )
-    except (nats_errors.Error, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+    except ERRORS.catches as exc:
         cause = (
             nc.last_error if isinstance(exc, nats_errors.NoServersError) and nc.last_error else exc
         )
         owner._closing = True
         with contextlib.suppress(Exception):
             await nc.close()
-        raise TransportError(
-            f"cannot connect to NATS at {options.describe()}: {describe_error(cause)}"
-        ) from exc
+        raise ERRORS.error(cause, "cannot connect to NATS at %s", options.describe()) from exc
     # Once connected, reconnect as configured (forever by default; 0: never).
     nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
     if options.max_reconnect_attempts == 0:
         nc.options["allow_reconnect"] = False
     return nc
-
-
-def publish_error(exc: Exception, subject: str, nc: NatsClient, size: int) -> Exception:
-    if isinstance(exc, nats_errors.MaxPayloadError):
-        return ProtocolError(
-            f"message of {size} bytes exceeds the NATS server's max_payload "
-            f"of {nc.max_payload} bytes"
-        )
-    if isinstance(exc, nats_errors.BadSubjectError):
-        return ConfigError(
-            f"{subject!r} is not a valid NATS subject (no spaces; '.' splits tokens)"
-        )
-    if isinstance(exc, nats_errors.BadHeaderError):
-        return ProtocolError(f"invalid NATS header name: {exc}")
-    if isinstance(exc, nats_errors.OutboundBufferLimitError):
-        return TransportError("NATS connection lost and the outgoing buffer is full")
-    if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.ConnectionDrainingError)):
-        return TransportError("NATS connection is closed")
-    return TransportError(f"NATS publish to {subject!r} failed: {describe_error(exc)}")
 
 
 async def close_connection(nc: NatsClient | None) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
-from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -23,7 +21,7 @@ from polybus.packets import (
 )
 from polybus.serializers import Serializer
 
-from ._common import publish_error
+from ._common import ERRORS, PUBLISH
 from ._jetstream import publish_acknowledged, settle_stream_message
 from ._options import NatsOptions
 
@@ -81,8 +79,8 @@ class NatsContext(Context):
         body = encode_reply(self._serializer, reply)
         try:
             await nc.publish(subject, body)
-        except nats_errors.Error as exc:
-            raise publish_error(exc, subject, nc, len(body)) from exc
+        except ERRORS.catches as exc:
+            raise ERRORS.error(exc, PUBLISH, len(body), subject) from exc
 
     async def settle(self, ok: bool) -> None:
         on_settle, self._on_settle = self._on_settle, None
@@ -101,11 +99,9 @@ class NatsContext(Context):
                 nc, self._js, destination, msg.data, headers, self._options.publish_timeout
             )
             return
-        try:
+        with ERRORS(PUBLISH, len(msg.data), destination):
             await nc.publish(destination, msg.data, headers=headers)
             await nc.flush(timeout=max(int(self._options.publish_timeout), 1))
-        except (nats_errors.Error, asyncio.TimeoutError) as exc:
-            raise publish_error(exc, destination, nc, len(msg.data)) from exc
 
 
 def decode_message(msg: Msg, route: str, serializer: Serializer, limit: int) -> Incoming | None:

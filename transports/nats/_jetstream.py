@@ -22,7 +22,7 @@ from nats.js import errors as js_errors
 from polybus.abc import Features
 from polybus.errors import ConfigError, TransportError, describe_error
 
-from ._common import FEATURES, log, publish_error
+from ._common import ERRORS, FEATURES, PUBLISH, log
 from ._options import NatsOptions
 
 __all__ = [
@@ -161,7 +161,7 @@ async def publish_acknowledged(
                 f"JetStream refused the event on {subject!r}: {describe_error(exc)}"
             ) from exc
         except _PERMANENT as exc:
-            raise publish_error(exc, subject, nc, len(body)) from exc
+            raise ERRORS.error(exc, PUBLISH, len(body), subject) from exc
         except (nats_errors.TimeoutError, nats_errors.ConnectionReconnectingError) as exc:
             cause = exc
         except nats_errors.Error as exc:

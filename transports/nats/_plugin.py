@@ -13,7 +13,6 @@ from ._server import NatsServerTransport
 __all__ = ["PLUGIN"]
 
 PLUGIN = TransportPlugin(
-    "NATS",
     NatsOptions,
     NatsClientTransport,
     NatsServerTransport,

@@ -19,10 +19,11 @@ from nats.aio.subscription import Subscription
 from nats.js import errors as js_errors
 
 from polybus.abc import MessageSink, RouteSpec
-from polybus.errors import ConfigError, TransportError, describe_error
+from polybus.errors import PolybusError
 from polybus.serializers import Serializer
 
 from ._common import (
+    ERRORS,
     FEATURES,
     ConnectionCallbacks,
     close_connection,
@@ -56,33 +57,24 @@ class NatsServerTransport(ConnectionCallbacks):
         events = self._events
         subscribed = routes if events is None else [r for r in routes if r.kind == "message"]
         try:
-            for spec in subscribed:
-                queue = spec.options.get("queue") or self.options.queue or ""
-                self._subs.append(
-                    await nc.subscribe(
-                        spec.route,
-                        queue=queue,
-                        cb=self._receiver(spec.route, sink, nc),
-                        pending_msgs_limit=self.options.pending_msgs_limit,
-                        pending_bytes_limit=self.options.pending_bytes_limit,
+            with ERRORS("cannot subscribe on NATS at %s", self.options.describe()):
+                for spec in subscribed:
+                    queue = spec.options.get("queue") or self.options.queue or ""
+                    self._subs.append(
+                        await nc.subscribe(
+                            spec.route,
+                            queue=queue,
+                            cb=self._receiver(spec.route, sink, nc),
+                            pending_msgs_limit=self.options.pending_msgs_limit,
+                            pending_bytes_limit=self.options.pending_bytes_limit,
+                        )
                     )
-                )
-            await nc.flush()  # the server has every SUB: messages published now reach us
-            if events is not None:
-                await events.start(nc, [r for r in routes if r.kind == "event"], sink)
-        except nats_errors.BadSubjectError as exc:
-            await self.close()
-            raise ConfigError(
-                f"cannot subscribe: {describe_error(exc)} (a route must be a valid NATS subject)"
-            ) from exc
-        except (ConfigError, TransportError):  # the JetStream stream could not be set up
+                await nc.flush()  # the server has every SUB: messages published now reach us
+                if events is not None:
+                    await events.start(nc, [r for r in routes if r.kind == "event"], sink)
+        except PolybusError:  # a route that is no subject, a JetStream stream not set up
             await self.close()
             raise
-        except (nats_errors.Error, OSError, asyncio.TimeoutError) as exc:
-            await self.close()
-            raise TransportError(
-                f"cannot subscribe on NATS at {self.options.describe()}: {describe_error(exc)}"
-            ) from exc
 
     def _receiver(self, route: str, sink: MessageSink, nc: NatsClient) -> Any:
         serializer, options = self._serializer, self.options

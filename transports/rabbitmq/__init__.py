@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from polybus.plugins import TransportSpec, lazy_attributes
+from polybus.plugins import LocalBroker, TransportSpec, lazy_attributes
 
 if TYPE_CHECKING:
     from ._client import RabbitMQClientTransport
@@ -61,20 +61,9 @@ SPEC = TransportSpec(
     nest_names=("RMQ", "RABBITMQ"),
     nest_number=5,
     extra="rabbitmq",
+    test_broker=LocalBroker(
+        "POLYBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq:3.13.7"
+    ),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "RabbitMQClientTransport": "._client",
-        "DEFAULT_SERVER_PREFETCH": "._common",
-        "DIRECT_REPLY_TO": "._common",
-        "FEATURES": "._common",
-        "RabbitMQOptions": "._options",
-        "RabbitMQContext": "._server",
-        "RabbitMQServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

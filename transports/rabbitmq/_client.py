@@ -6,18 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from polybus.abc import ConnectionStatus, Release, ReplySink, no_release
 from polybus.config import redact_url
-from polybus.errors import ProtocolError, TransportError
-from polybus.packets import (
-    Event,
-    Request,
-    decode_reply,
-    encode_event,
-    encode_request,
-    merge_headers,
-)
+from polybus.errors import TransportError
+from polybus.packets import Event, Request, encode_event, encode_request, merge_headers, read_reply
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, connection_errors, log, routing_key_of, transport_error
+from ._common import ERRORS, FEATURES, routing_key_of
 from ._frames import Properties
 from ._link import Link
 from ._options import RabbitMQOptions
@@ -77,19 +70,10 @@ class RabbitMQClientTransport:
         sink = self._sink
         if sink is None:
             return
-        body = message.body
-        if len(body) > self.options.max_message_bytes:
-            log.warning("dropping reply of %d bytes: over max_message_bytes", len(body))
-            return
-        try:
-            reply = decode_reply(self._serializer, body)
-        except ProtocolError as exc:
-            log.warning("dropping undecodable reply: %s", exc)
-            return
+        # correlation_id names the request: an unreadable reply fails it at once
         cid = message.header.properties.correlation_id
-        if cid is not None:
-            reply.id = cid
-        sink.on_reply(reply)
+        limit = self.options.max_message_bytes
+        read_reply(sink, self._serializer, message.body, limit, self.options.reply_queue, cid)
 
     def _props(
         self,
@@ -145,10 +129,9 @@ class RabbitMQClientTransport:
             await link.drain()
             return
         confirmation = link.publish_confirmed(routing_key, body, props, exchange)
-        try:  # a confirm implies the write; a write that fails closes the channel: fails it
+        # a confirm implies the write; a write that fails closes the channel: fails it
+        with ERRORS("RabbitMQ publish failed"):  # nacked
             await confirmation
-        except connection_errors() as exc:  # nacked
-            raise transport_error("publish", exc) from exc
 
     async def close(self) -> None:
         link, self._link = self._link, None

@@ -7,17 +7,18 @@ import json
 import logging
 from typing import Any
 
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
 from polybus.abc import Features
-from polybus.errors import ProtocolError, TransportError, describe_error
+from polybus.errors import ErrorMap, ProtocolError, TransportError
 from polybus.patterns import js_number
 
 __all__ = [
     "DEFAULT_SERVER_PREFETCH",
     "DIRECT_REPLY_TO",
+    "ERRORS",
     "FEATURES",
-    "connection_errors",
     "routing_key_of",
-    "transport_error",
 ]
 
 log = logging.getLogger("polybus.rabbitmq")
@@ -30,6 +31,7 @@ ignores prefetch for auto-ack consumers). NestJS uses 0 (unlimited)."""
 FEATURES = Features(
     name="rabbitmq",
     unknown_pattern="error",
+    unreadable_reply="fails_request",
     competing_consumers=True,
     durable_events=True,
     headers=True,
@@ -38,17 +40,8 @@ FEATURES = Features(
     durable_options={"no_ack": False, "persistent": True},
 )
 
-
-def connection_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions by which aio-pika reports a failed connection, channel or timeout
-    (imported on first use: importing polybus must not import aio-pika)."""
-    import aio_pika
-
-    return (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
-
-
-def transport_error(what: str, exc: BaseException) -> TransportError:
-    return TransportError(f"RabbitMQ {what} failed: {describe_error(exc)}")
+ERRORS = ErrorMap(((*CONNECTION_EXCEPTIONS, asyncio.TimeoutError), TransportError, None))
+"""How aio-pika reports a failed connection, channel or timeout."""
 
 
 def routing_key_of(pattern: Any) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from polybus.errors import describe_error
 from polybus.packets import DEAD_LETTER_ERROR, DEAD_LETTER_ORIGIN
 
-from ._common import connection_errors, transport_error
+from ._common import ERRORS
 
 if TYPE_CHECKING:
     from aiormq.abc import DeliveredMessage
@@ -46,7 +46,5 @@ async def dead_letter(
     """Publish ``delivered`` to the queue ``destination`` (declared durable if missing) and
     return once the broker confirmed it; ``TransportError`` when it could not."""
     props = dead_letter_properties(delivered.header.properties, origin, error)
-    try:
+    with ERRORS("RabbitMQ dead-lettering to queue %r failed", destination):
         await link.publish_to_queue(destination, delivered.body, props)
-    except connection_errors() as exc:
-        raise transport_error(f"dead-lettering to queue {destination!r}", exc) from exc

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from polybus.config import redact_url
-from polybus.errors import TransportError
+from polybus.errors import PolybusError, TransportError
 
-from ._common import connection_errors, log, transport_error
+from ._common import ERRORS, log
 from ._frames import Properties, append_body_frames, settle_frame
 from ._options import RabbitMQOptions
 from ._topology import declare_topology
@@ -84,7 +84,7 @@ class Link:
                     ),
                     options.connect_timeout + 1,
                 )
-            except connection_errors() as exc:
+            except ERRORS.catches as exc:
                 errors.append(f"{redact_url(url)}: {type(exc).__name__}: {exc}")
                 continue
             self._url = url
@@ -92,17 +92,18 @@ class Link:
         else:
             raise TransportError(f"cannot connect to RabbitMQ: {'; '.join(errors)}")
         try:
-            channel = self.channel = self.connection.channel(publisher_confirms=self.confirm)
-            await channel.initialize()
-            await channel.set_qos(
-                prefetch_count=self._prefetch, global_=options.is_global_prefetch_count
-            )
-            await declare_topology(channel, options, self._routes)
-            self.raw = await channel.get_underlay_channel()
-            await self._on_restored(self.raw)
-        except connection_errors() as exc:
+            with ERRORS("RabbitMQ setup of queue %r on %s failed", options.queue, self.url):
+                channel = self.channel = self.connection.channel(publisher_confirms=self.confirm)
+                await channel.initialize()
+                await channel.set_qos(
+                    prefetch_count=self._prefetch, global_=options.is_global_prefetch_count
+                )
+                await declare_topology(channel, options, self._routes)
+                self.raw = await channel.get_underlay_channel()
+                await self._on_restored(self.raw)
+        except PolybusError:
             await self.close()
-            raise transport_error(f"setup of queue {options.queue!r} on {self.url}", exc) from exc
+            raise
         channel.close_callbacks.add(self._channel_closed)
         channel.reopen_callbacks.add(self._channel_reopened)
         self.ready.set()

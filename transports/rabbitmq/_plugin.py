@@ -12,7 +12,6 @@ from ._server import RabbitMQServerTransport
 __all__ = ["PLUGIN"]
 
 PLUGIN = TransportPlugin(
-    "RMQ",
     RabbitMQOptions,
     RabbitMQClientTransport,
     RabbitMQServerTransport,

@@ -13,14 +13,7 @@ from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
 from polybus.patterns import WildcardRoutes, route_from_wire, to_route
 from polybus.serializers import Serializer
 
-from ._common import (
-    DEFAULT_SERVER_PREFETCH,
-    FEATURES,
-    connection_errors,
-    log,
-    routing_key_of,
-    transport_error,
-)
+from ._common import DEFAULT_SERVER_PREFETCH, ERRORS, FEATURES, log, routing_key_of
 from ._dead_letter import dead_letter
 from ._frames import Properties
 from ._link import Link
@@ -258,10 +251,8 @@ class RabbitMQServerTransport:
         link = self._link or self._last_link
         if link is None:
             link = Link(self.options, 0, lambda exc: None, _no_restore)
-        try:
+        with ERRORS("RabbitMQ deleting queue %r failed", self.options.queue):
             await link.delete_queue()
-        except connection_errors() as exc:
-            raise transport_error(f"deleting queue {self.options.queue!r}", exc) from exc
 
     def __repr__(self) -> str:
         url = self._link.url if self._link else redact_url(self.options.urls[0])

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from polybus.plugins import TransportSpec, lazy_attributes
+from polybus.plugins import LocalBroker, TransportSpec, lazy_attributes
 
 if TYPE_CHECKING:
     from ._client import RedisClientTransport
@@ -53,19 +53,7 @@ SPEC = TransportSpec(
     nest_names=("REDIS",),
     nest_number=1,
     extra="redis",
+    test_broker=LocalBroker("POLYBUS_REDIS_URL", "redis://127.0.0.1:6379", "redis:7.2.5"),
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "RedisClientTransport": "._client",
-        "FEATURES": "._common",
-        "MessageHandler": "._link",
-        "RedisOptions": "._options",
-        "RedisContext": "._server",
-        "RedisServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

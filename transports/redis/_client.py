@@ -11,11 +11,11 @@ import asyncio
 import time
 
 from polybus.abc import Release, ReplySink
-from polybus.errors import ProtocolError, TransportError
-from polybus.packets import Event, Request, decode_reply, encode_event, encode_request
+from polybus.errors import PolybusError, TransportError
+from polybus.packets import Event, Request, encode_event, encode_request, read_reply
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, log
+from ._common import FEATURES
 from ._link import Link
 from ._options import RedisOptions
 
@@ -65,18 +65,9 @@ class RedisClientTransport:
 
     def _on_message(self, channel: bytes, body: bytes, pattern: bytes | None) -> None:
         sink = self._sink
-        if sink is None:
-            return None
-        if len(body) > self.options.max_message_bytes:
-            log.warning("dropping a reply of %d bytes: over max_message_bytes", len(body))
-            return None
-        try:
-            reply = decode_reply(self._serializer, body)
-        except ProtocolError as exc:
-            log.warning("dropping an undecodable reply on %r: %s", channel, exc)
-            return None
-        sink.on_reply(reply)
-        return None
+        if sink is not None:
+            # the request's id is inside the body: an unreadable reply is dropped
+            read_reply(sink, self._serializer, body, self.options.max_message_bytes, channel)
 
     async def _restore(self, link: Link) -> None:
         """After a reconnection: subscribe again the reply channels still in use."""
@@ -94,7 +85,7 @@ class RedisClientTransport:
             for entry in active:
                 entry.live = link.session
 
-    def _lost(self, exc: TransportError) -> None:
+    def _lost(self, exc: PolybusError) -> None:
         if self._sink is not None:
             self._sink.on_connection_lost(exc)
 

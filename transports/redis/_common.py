@@ -1,13 +1,13 @@
-"""What both halves share: the features and the mapping of connection failures."""
+"""What both halves share: the features and the mapping of redis-py's errors."""
 
 from __future__ import annotations
 
 import logging
 
 from polybus.abc import Features
-from polybus.errors import TransportError
+from polybus.errors import ErrorMap, TransportError
 
-__all__ = ["FEATURES", "transport_error"]
+__all__ = ["ERRORS", "FEATURES"]
 
 log = logging.getLogger("polybus.redis")
 
@@ -18,11 +18,5 @@ FEATURES = Features(
     headers=True,
 )
 
-
-def transport_error(exc: BaseException) -> TransportError:
-    """``exc`` itself if it is a ``TransportError``, else one caused by it."""
-    if isinstance(exc, TransportError):
-        return exc
-    error = TransportError(f"redis connection lost: {exc or type(exc).__name__}")
-    error.__cause__ = exc
-    return error
+ERRORS = ErrorMap((Exception, TransportError, None))
+"""Whatever redis-py (or the socket under it) raises ends the connection."""

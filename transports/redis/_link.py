@@ -12,9 +12,9 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
 
 from polybus.abc import ConnectionStatus
-from polybus.errors import TransportError
+from polybus.errors import PolybusError, TransportError
 
-from ._common import log, transport_error
+from ._common import ERRORS, log
 from ._options import RedisOptions
 from ._pipe import Pipe, command
 
@@ -40,7 +40,7 @@ class Link:
         options: RedisOptions,
         on_message: MessageHandler,
         on_restore: Callable[[Link], Awaitable[None]],
-        on_lost: Callable[[TransportError], None] | None = None,
+        on_lost: Callable[[PolybusError], None] | None = None,
         on_status: Callable[[ConnectionStatus], None] | None = None,
     ) -> None:
         self.options = options
@@ -105,10 +105,11 @@ class Link:
         try:
             await self._on_restore(self)
         except BaseException as exc:
-            self._teardown(transport_error(exc))
-            if isinstance(exc, TransportError) or not isinstance(exc, Exception):
+            error = ERRORS.error(exc, "redis connection lost")
+            self._teardown(error)
+            if error is exc or not isinstance(exc, Exception):
                 raise
-            raise transport_error(exc) from exc
+            raise error from exc
         if self.session != session or self.sub is None:
             raise TransportError(f"lost the connection to {options.address} while subscribing")
         self.up = True
@@ -125,7 +126,7 @@ class Link:
     def _lost(self, exc: BaseException) -> None:
         if self.sub is None:
             return
-        error = transport_error(exc)
+        error = ERRORS.error(exc, "redis connection lost")
         was_up = self.up
         self._teardown(error)
         if not was_up:
@@ -137,7 +138,7 @@ class Link:
             self._on_lost(error)
         self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
-    def _teardown(self, error: TransportError) -> None:
+    def _teardown(self, error: PolybusError) -> None:
         self.up = False
         current = asyncio.current_task()
         for task in self._tasks:

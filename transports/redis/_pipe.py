@@ -9,7 +9,7 @@ from redis.asyncio.connection import Connection
 
 from polybus.errors import TransportError
 
-from ._common import transport_error
+from ._common import ERRORS
 
 __all__ = ["Pipe", "command"]
 
@@ -108,5 +108,5 @@ class Pipe:
 
 def _fail(fut: asyncio.Future[None] | None, exc: BaseException) -> None:
     if fut is not None and not fut.done():
-        fut.set_exception(transport_error(exc))
+        fut.set_exception(ERRORS.error(exc, "redis connection lost"))
         fut.exception()  # marked retrieved: whoever awaits it still gets it

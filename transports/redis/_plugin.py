@@ -11,6 +11,4 @@ from ._server import RedisServerTransport
 
 __all__ = ["PLUGIN"]
 
-PLUGIN = TransportPlugin(
-    "REDIS", RedisOptions, RedisClientTransport, RedisServerTransport, RedisFaults()
-)
+PLUGIN = TransportPlugin(RedisOptions, RedisClientTransport, RedisServerTransport, RedisFaults())

@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from polybus.abc import Context, MessageSink, RouteSpec
-from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
+from polybus.abc import MessageSink, PublishedReplyContext, RouteSpec
+from polybus.packets import read_incoming
 from polybus.serializers import Serializer
 
 from ._common import FEATURES
@@ -21,16 +21,17 @@ from ._options import RedisOptions
 __all__ = ["RedisContext", "RedisServerTransport"]
 
 
-class RedisContext(Context):
+class RedisContext(PublishedReplyContext):
     """Context of a Redis message.
 
     ``channel`` is the channel the message arrived on (NestJS ``RedisContext.getChannel()``);
     with ``wildcards`` ``pattern`` is the subscribed pattern that matched it. ``headers`` is
     the packet's NestJS v12 ``metadata`` (``RedisContext.getMetadata()``, ``None`` without
-    it); ``deadline`` comes from its ``x-polybus-deadline`` entry.
+    it); ``deadline`` comes from its ``x-polybus-deadline`` entry. The reply goes to
+    ``<channel>.reply``.
     """
 
-    __slots__ = ("_reply_channel", "_server", "channel")
+    __slots__ = ("channel",)
     transport_name = "redis"
 
     def __init__(
@@ -43,21 +44,8 @@ class RedisContext(Context):
         server: RedisServerTransport,
         metadata: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(pattern, data, id, metadata, parse_deadline(metadata))
+        super().__init__(pattern, data, id, metadata, server, reply_channel)
         self.channel = channel
-        self._reply_channel = reply_channel
-        self._server = server
-
-    async def send_reply(self, reply: Reply) -> None:
-        server = self._server
-        body = server.options.check_size(encode_reply(server._serializer, reply))
-        link = server._link
-        if link is None or not link.up:
-            return  # the caller was failed when the connection dropped
-        pipe = link.publisher()
-        pipe.publish(self._reply_channel, body)
-        if pipe.backlogged:
-            await asyncio.shield(pipe.flushed())
 
 
 class RedisServerTransport:
@@ -67,10 +55,20 @@ class RedisServerTransport:
 
     def __init__(self, options: RedisOptions, serializer: Serializer) -> None:
         self.options = options
-        self._serializer = serializer
+        self.serializer = serializer
         self._sink: MessageSink | None = None
         self._link: Link | None = None
         self._routes: dict[bytes, tuple[str, bytes]] = {}  # channel → (route, reply channel)
+
+    async def publish_reply(self, destination: bytes, body: bytes) -> None:
+        """Publish on the reply channel ``destination``, with this loop iteration's batch."""
+        link = self._link
+        if link is None or not link.up:
+            return  # the caller was failed when the connection dropped
+        pipe = link.publisher()
+        pipe.publish(destination, body)
+        if pipe.backlogged:
+            await asyncio.shield(pipe.flushed())
 
     async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
         self._routes = {
@@ -104,7 +102,7 @@ class RedisServerTransport:
             name = channel.decode("utf-8", "replace")
             reply_channel = channel + b".reply"
         limit = self.options.max_message_bytes
-        incoming = read_incoming(self._serializer, body, limit, repr(name), channel=route)
+        incoming = read_incoming(self.serializer, body, limit, repr(name), channel=route)
         if incoming is None:
             return None
         return sink(

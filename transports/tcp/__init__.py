@@ -46,20 +46,5 @@ SPEC = TransportSpec(
     nest_number=0,
     extra=None,
 )
-"""The declaration (registered in pyproject.toml's ``polybus.transports`` entry points);
-importing it imports no client library."""
 
-__getattr__ = lazy_attributes(
-    __name__,
-    {
-        "TcpClientTransport": "._client",
-        "FEATURES": "._common",
-        "FramedConnection": "._common",
-        "FrameDecoder": "._framing",
-        "frame": "._framing",
-        "TcpOptions": "._options",
-        "TcpContext": "._server",
-        "TcpServerTransport": "._server",
-        "PLUGIN": "._plugin",
-    },
-)
+__getattr__ = lazy_attributes(__name__)

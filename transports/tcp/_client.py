@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 from polybus.abc import ConnectionStatus, Release, ReplySink, no_release
 from polybus.errors import TransportError
-from polybus.packets import Event, Request, decode_reply, encode_event, encode_request
+from polybus.packets import Event, Request, encode_event, encode_request, read_reply
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, FramedConnection, check_text_serializer
+from ._common import ERRORS, FEATURES, FramedConnection, check_text_serializer
 from ._framing import frame
 from ._options import TcpOptions
 
@@ -45,7 +44,7 @@ class TcpClientTransport:
                 return self._conn
             options = self.options
             loop = asyncio.get_running_loop()
-            try:
+            with ERRORS("cannot connect to tcp://%s:%s", options.host, options.port):
                 _, protocol = await asyncio.wait_for(
                     loop.create_connection(
                         lambda: FramedConnection(options.max_message_bytes, self._on_frames),
@@ -56,11 +55,6 @@ class TcpClientTransport:
                     ),
                     options.connect_timeout,
                 )
-            except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-                raise TransportError(
-                    f"cannot connect to tcp://{options.host}:{options.port}: "
-                    f"{exc or type(exc).__name__}"
-                ) from exc
             self._conn = protocol
             protocol.closed.add_done_callback(lambda _: self._lost(protocol))
             if self._lost_once and self._sink is not None:
@@ -79,14 +73,16 @@ class TcpClientTransport:
                 self._sink.on_connection_lost(error)
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        """Replies to the sink; an undecodable one raises ``ProtocolError``, which closes
-        the connection (as NestJS does) so pending requests fail now, not at their timeout."""
+        """Replies to the sink; an undecodable one raises ``ProtocolError`` (a byte stream
+        cannot be resynchronised), which ends the connection (as NestJS does) so pending
+        requests fail now with ``TransportError``, not at their timeout."""
         sink = self._sink
         if sink is None:
             return
         serializer = self._serializer
+        limit = self.options.max_message_bytes
         for body in frames:
-            sink.on_reply(decode_reply(serializer, body))
+            read_reply(sink, serializer, body, limit, "tcp", stream=True)
 
     async def request(self, request: Request) -> Release:
         conn = self._conn or await self._ensure()

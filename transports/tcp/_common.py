@@ -8,16 +8,25 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from polybus.abc import Features
-from polybus.errors import ConfigError, ProtocolError
+from polybus.errors import ConfigError, ErrorMap, ProtocolError, TransportError
 from polybus.serializers import Serializer
 
 from ._framing import CorruptStream, FrameDecoder
 
-__all__ = ["FEATURES", "FramedConnection", "check_text_serializer"]
+__all__ = ["ERRORS", "FEATURES", "FramedConnection", "check_text_serializer"]
 
 log = logging.getLogger("polybus.tcp")
 
-FEATURES = Features(name="tcp", unknown_pattern="error", text_only=True, headers=True)
+FEATURES = Features(
+    name="tcp",
+    unknown_pattern="error",
+    text_only=True,
+    headers=True,
+    unreadable_reply="ends_connection",
+)
+
+ERRORS = ErrorMap(((OSError, asyncio.TimeoutError), TransportError, None))
+"""The socket's exceptions (``ssl.SSLError`` is an ``OSError``) as polybus's."""
 
 
 def check_text_serializer(serializer: Serializer) -> Serializer:

@@ -11,6 +11,4 @@ from ._server import TcpServerTransport
 
 __all__ = ["PLUGIN"]
 
-PLUGIN = TransportPlugin(
-    "TCP", TcpOptions, TcpClientTransport, TcpServerTransport, faults=TcpFaults()
-)
+PLUGIN = TransportPlugin(TcpOptions, TcpClientTransport, TcpServerTransport, faults=TcpFaults())

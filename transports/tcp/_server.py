@@ -9,11 +9,11 @@ from typing import Any
 
 from polybus.abc import Context, MessageSink, RouteSpec
 from polybus.eager import start_eagerly
-from polybus.errors import ProtocolError, TransportError
+from polybus.errors import ProtocolError
 from polybus.packets import Reply, decode_incoming, encode_reply, parse_deadline
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, FramedConnection, check_text_serializer, log
+from ._common import ERRORS, FEATURES, FramedConnection, check_text_serializer, log
 from ._framing import frame
 from ._options import TcpOptions
 
@@ -188,7 +188,7 @@ class TcpServerTransport:
     async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
         self._sink = sink
         loop = asyncio.get_running_loop()
-        try:
+        with ERRORS("cannot listen on %s:%s", self.options.host, self.options.port):
             self._server = await loop.create_server(
                 lambda: _ServerConnection(self),
                 self.options.host,
@@ -196,10 +196,6 @@ class TcpServerTransport:
                 ssl=self.options.server_ssl(),
                 reuse_address=True,
             )
-        except OSError as exc:
-            raise TransportError(
-                f"cannot listen on {self.options.host}:{self.options.port}: {exc}"
-            ) from exc
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -52,7 +52,6 @@ class LoopbackFaults(FaultInjection):
 
 
 PLUGIN = TransportPlugin(
-    "LOOPBACK",
     LoopbackOptions,
     LoopbackClientTransport,
     LoopbackServerTransport,
