@@ -14,7 +14,14 @@
         assert await client.send({"cmd": "sum"}, [1, 2, 3]) == 6
 """
 
-from .abc import ClientTransport, ConnectionStatus, Context, Features, ServerTransport
+from .abc import (
+    ClientTransport,
+    ConnectionStatus,
+    Context,
+    Features,
+    ServerStatus,
+    ServerTransport,
+)
 from .client import DEFAULT_TIMEOUT, Call, ClientProxy
 from .config import redact_url
 from .errors import (
@@ -57,6 +64,7 @@ __all__ = [
     "RpcError",
     "RpcException",
     "Serializer",
+    "ServerStatus",
     "ServerTransport",
     "TransportError",
     "TransportSpec",

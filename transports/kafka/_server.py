@@ -129,8 +129,10 @@ class KafkaServerTransport:
         try:
             await asyncio.gather(producer.start(), consumer.start())
             await self._wait_metadata(consumer, topics)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: neither may stay open
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
+            if not isinstance(exc, Exception):
+                raise
             raise transport_error(f"connect to {options.describe()}", exc) from exc
         self._outlet.producer = producer
         self._consumer = consumer
