@@ -55,7 +55,8 @@ class ServerStatus(str, enum.Enum):
     RECONNECTING = "reconnecting"
     """The transport lost its broker connection and is restoring it: nothing is received."""
     STOPPING = "stopping"
-    """``close()`` is running: intake stopped, in-flight handlers draining."""
+    """``close()`` is running: the ``on_shutdown`` hooks, then intake stops and in-flight
+    handlers drain."""
     STOPPED = "stopped"
     """Not listening (never started, closed, or a ``listen()`` that failed)."""
 

@@ -103,6 +103,8 @@ class Microservice:
         self._inflight: set[asyncio.Task[None]] = set()
         self._listening = False
         self._closing = False
+        self._intake_stopped = False
+        """Set once ``close()`` stops intake (after the ``on_shutdown`` hooks)."""
         self._stopped: asyncio.Event | None = None
         self._hooks: dict[str, list[Hook]] = {
             "on_startup": list(on_startup),
@@ -301,6 +303,7 @@ class Microservice:
         """Undo a ``listen()`` that did not complete: stop intake, cancel what it started
         (those messages stay unsettled, so the broker delivers them again), close the
         transport (what a cancelled broker join left open too)."""
+        self._intake_stopped = True
         try:
             await transport.stop()
             await self.drain(0)
@@ -311,7 +314,7 @@ class Microservice:
                 await transport.close()
             except Exception:
                 log.exception("closing %s after a failed listen() failed", transport)
-            self._listening = False
+            self._listening = self._intake_stopped = False
             self._set_status(ServerStatus.STOPPED)
 
     def _check_policies(self, transport: ServerTransport) -> None:
@@ -333,6 +336,7 @@ class Microservice:
         transport = self.transport
         try:
             await self._run_hooks_logged("on_shutdown")
+            self._intake_stopped = True
             await transport.stop()
             await self.drain(self.grace if grace is None else grace)
         finally:
@@ -340,7 +344,7 @@ class Microservice:
                 await transport.close()
             finally:
                 self._listening = False
-                self._closing = False
+                self._closing = self._intake_stopped = False
                 self._ready = None
                 self._set_status(ServerStatus.STOPPED)
                 if self._stopped is not None:
@@ -400,7 +404,7 @@ class Microservice:
     async def _accept(self, context: Context) -> None:
         """The ``MessageSink``: take a slot, start handling, go on in the background once
         the handler waits (see :mod:`polybus.eager`)."""
-        if self._closing:
+        if self._intake_stopped:
             return  # left unsettled: redelivered where the broker keeps it, not rejected
         slots = self._slots
         loop = self._loop

@@ -137,10 +137,18 @@ class Link:
 
     async def _open(self) -> aiomqtt.Client:
         client = _new_client(self.options, self._manual_ack)
+        # aiomqtt connects in an executor thread that a cancel cannot stop: a cancelled
+        # connect lets it end, then disconnects, so no socket or task stays behind.
+        entering = asyncio.ensure_future(client.__aenter__())
         try:
-            await client.__aenter__()
+            await asyncio.shield(entering)
         except aiomqtt.MqttError as exc:
             raise transport_error(exc, f"cannot connect to MQTT at {self.options.address}") from exc
+        except asyncio.CancelledError:
+            await asyncio.wait([entering])
+            if not entering.cancelled() and entering.exception() is None:
+                await _drop(client)
+            raise
         self.session += 1
         try:
             await self._restore(client)

@@ -149,6 +149,7 @@ class RabbitMQServerTransport:
             await link.open()
         except BaseException:
             self._link = None
+            await link.close()  # a cancel during the channel setup left the connection open
             raise
 
     async def _consume(self, raw: Any) -> None:
