@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 
-from polybus.abc import MessageSink, RouteSpec
+from polybus.abc import ConnectionReporter, ConnectionStatus, MessageSink, RouteSpec
 from polybus.errors import PolybusError, TransportError
 from polybus.serializers import Serializer
 
@@ -60,7 +60,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._server._assign(assigned)
 
 
-class KafkaServerTransport:
+class KafkaServerTransport(ConnectionReporter):
     """Consumes the handler topics in a consumer group; replies with a shared producer."""
 
     features = FEATURES
@@ -396,6 +396,7 @@ class KafkaServerTransport:
             if not reachable:
                 if not lost:
                     lost = True
+                    self.report_connection(ConnectionStatus.RECONNECTING)
                     log.warning(
                         "kafka: group %s lost the connection to %s",
                         self.group_id,
@@ -407,6 +408,7 @@ class KafkaServerTransport:
                 return
             if lost:
                 lost = False
+                self.report_connection(ConnectionStatus.CONNECTED)
                 log.info(
                     "kafka: group %s reconnected to %s", self.group_id, self.options.describe()
                 )

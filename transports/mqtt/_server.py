@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.client import topic_matches_sub
 
-from polybus.abc import Context, MessageSink, RouteSpec
+from polybus.abc import ConnectionReporter, Context, MessageSink, RouteSpec
 from polybus.errors import ConfigError
 from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
 from polybus.serializers import Serializer
@@ -72,7 +72,7 @@ class MqttContext(Context):
             link.ack(self.message, self._session)
 
 
-class MqttServerTransport:
+class MqttServerTransport(ConnectionReporter):
     """Receives every route on one connection and replies on the same one."""
 
     features = FEATURES
@@ -91,7 +91,13 @@ class MqttServerTransport:
         self._routes = {spec.route for spec in routes}
         self._filters = [route for route in self._routes if "+" in route or "#" in route]
         self._sink = sink
-        link = Link(self.options, self._on_message, self._restore, manual_ack=True)
+        link = Link(
+            self.options,
+            self._on_message,
+            self._restore,
+            on_status=self.report_connection,
+            manual_ack=True,
+        )
         self._link = link
         try:
             await link.connect()

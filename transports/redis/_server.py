@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from polybus.abc import Context, MessageSink, RouteSpec
+from polybus.abc import ConnectionReporter, Context, MessageSink, RouteSpec
 from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
 from polybus.serializers import Serializer
 
@@ -60,7 +60,7 @@ class RedisContext(Context):
             await asyncio.shield(pipe.flushed())
 
 
-class RedisServerTransport:
+class RedisServerTransport(ConnectionReporter):
     """Receives every route on one subscriber connection; replies on one publisher."""
 
     features = FEATURES
@@ -77,7 +77,7 @@ class RedisServerTransport:
             spec.route.encode(): (spec.route, (spec.route + ".reply").encode()) for spec in routes
         }
         self._sink = sink
-        link = Link(self.options, self._on_message, self._restore)
+        link = Link(self.options, self._on_message, self._restore, on_status=self.report_connection)
         try:
             await link.connect()
         except BaseException:
