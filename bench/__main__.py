@@ -47,6 +47,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--floor", action="store_true", help="measure the Python cost per message instead"
     )
+    parser.add_argument(
+        "--middleware",
+        default="",
+        help="with --floor: also measure these middleware sets (bench/middleware.py), "
+        "comma-separated, against none",
+    )
     return parser.parse_args(argv)
 
 
@@ -69,7 +75,8 @@ def main(argv: list[str]) -> None:
     if args.floor:
         from . import floor
 
-        floor.main("asyncio" if args.loop == "asyncio" else "uvloop", args.out)
+        middleware = [m.strip() for m in args.middleware.split(",") if m.strip()]
+        floor.main("asyncio" if args.loop == "asyncio" else "uvloop", args.out, middleware)
         return
     if args.memory:
         from . import memory

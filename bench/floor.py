@@ -100,7 +100,7 @@ class Row(NamedTuple):
     raw: float
 
 
-async def server_floor(cfg: Config) -> list[Row]:
+async def server_floor(cfg: Config, middleware: list[Any] | None = None) -> list[Row]:
     from polybus.transports.tcp._server import _ServerConnection
 
     handled = 0
@@ -140,7 +140,7 @@ async def server_floor(cfg: Config) -> list[Row]:
         "event": frames({"pattern": cfg.event, "data": PAYLOAD}, CHUNK, ids=False),
     }
     rows = []
-    async with impl_polybus.serve(cfg, count_one) as app:  # the service the cells run
+    async with impl_polybus.serve(cfg, count_one, middleware or ()) as app:
         for scenario, read in reads.items():
             polybus = _ServerConnection(app.transport)  # type: ignore[arg-type]
             raw = raw_tcp.ServerProtocol(count_one)
@@ -173,7 +173,7 @@ def calling(
     return step
 
 
-async def client_floor(cfg: Config) -> list[Row]:
+async def client_floor(cfg: Config, middleware: list[Any] | None = None) -> list[Row]:
     from polybus import create_client
     from polybus.transports.tcp._common import FramedConnection
 
@@ -183,7 +183,7 @@ async def client_floor(cfg: Config) -> list[Row]:
         MemorySocket(server, client_side.answer)
 
     async def polybus_client(**options: Any) -> Any:
-        proxy = create_client("tcp://127.0.0.1:1", **options)
+        proxy = create_client("tcp://127.0.0.1:1", middleware=middleware or (), **options)
         transport = proxy.transport
         conn = FramedConnection(1 << 20, transport._on_frames)  # type: ignore[attr-defined]
         attach(conn)
@@ -226,23 +226,60 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(loop: str, out: Path) -> None:
-    cfg = Config(impl="polybus", transport="tcp", prefix="floor")
+def middleware_table(plain: list[Row], sets: dict[str, list[Row]]) -> str:
+    """polybus's cost per message with each middleware set, beside none."""
+    names = list(sets)
+    lines = [
+        "| side | scenario | none µs/msg | "
+        + " | ".join(f"{name} µs/msg (Δ)" for name in names)
+        + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for i, row in enumerate(plain):
+        cells = [
+            f"{sets[n][i].polybus:.2f} ({sets[n][i].polybus - row.polybus:+.2f})" for n in names
+        ]
+        lines.append(
+            f"| {row.side} | {row.scenario} | {row.polybus:.2f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
 
-    async def measure() -> list[Row]:
-        return [*await server_floor(cfg), *await client_floor(cfg)]
+
+def main(loop: str, out: Path, middleware: list[str] | None = None) -> None:
+    from .middleware import SETS
+
+    cfg = Config(impl="polybus", transport="tcp", prefix="floor")
+    unknown = [name for name in middleware or [] if name not in SETS]
+    if unknown:
+        raise SystemExit(f"unknown middleware set {unknown}: known {sorted(SETS)}")
+
+    async def measure() -> tuple[list[Row], dict[str, list[Row]]]:
+        plain = [*await server_floor(cfg), *await client_floor(cfg)]
+        sets = {}
+        for name in middleware or []:
+            sets[name] = [
+                *await server_floor(cfg, SETS[name]()),
+                *await client_floor(cfg, SETS[name]()),
+            ]
+        return plain, sets
 
     if loop == "asyncio":
-        results = asyncio.run(measure())
+        results, sets = asyncio.run(measure())
     else:
         import uvloop
 
-        results = uvloop.run(measure())
+        results, sets = uvloop.run(measure())
     text = (
         f"## Python cost per message, TCP, in one process ({loop})\n\n"
         "`python -m bench --floor`: no sockets; see bench/floor.py. The client rows include "
         "the raw server's code answering in the same process.\n\n" + table(results) + "\n"
     )
+    if sets:
+        text += (
+            f"\n## With middleware (`--middleware {','.join(sets)}`, bench/middleware.py)\n\n"
+            + middleware_table(results, sets)
+            + "\n"
+        )
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "floor.md").write_text(text)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from polybus import ClientProxy, Microservice, create_client
@@ -34,9 +34,11 @@ def target(cfg: Config) -> tuple[str, dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def serve(cfg: Config, on_event: Callable[[], None]) -> AsyncIterator[Microservice]:
+async def serve(
+    cfg: Config, on_event: Callable[[], None], middleware: Sequence[Any] = ()
+) -> AsyncIterator[Microservice]:
     url, options = target(cfg)
-    app = Microservice(url, **options)
+    app = Microservice(url, middleware=list(middleware), **options)
 
     @app.message_pattern(cfg.rpc)
     async def total(data: Any) -> int:

@@ -35,6 +35,7 @@ from .errors import (
     TransportError,
 )
 from .handlers import event_pattern, message_pattern
+from .middleware import ClientMiddleware, Inbound, Outgoing, ServerMiddleware
 from .packets import Record
 from .plugins import TransportSpec, register_transport
 from .policy import FailurePolicy
@@ -45,6 +46,7 @@ from .server import Microservice
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Call",
+    "ClientMiddleware",
     "ClientProxy",
     "ClientRegistry",
     "ClientTransport",
@@ -53,10 +55,12 @@ __all__ = [
     "Context",
     "FailurePolicy",
     "Features",
+    "Inbound",
     "JsonSerializer",
     "Microservice",
     "MsgpackSerializer",
     "NoRespondersError",
+    "Outgoing",
     "PolybusError",
     "ProtocolError",
     "Record",
@@ -64,6 +68,7 @@ __all__ = [
     "RpcError",
     "RpcException",
     "Serializer",
+    "ServerMiddleware",
     "ServerStatus",
     "ServerTransport",
     "TransportError",

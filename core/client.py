@@ -11,13 +11,22 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
+from typing import Any, Literal
 
 from .abc import ClientTransport, ConnectionStatus, Release, no_release
 from .deadlines import Deadlines
 from .eager import result_or_task
 from .errors import ConfigError, RequestTimeout, RpcError, TransportError, short_repr
+from .middleware import (
+    ClientMiddleware,
+    EmitNext,
+    Outgoing,
+    SendNext,
+    StreamNext,
+    check_middleware,
+    client_chains,
+)
 from .packets import MISSING, Event, Record, Reply, Request, new_id_factory
 from .patterns import to_route
 
@@ -109,18 +118,40 @@ class Call:
         self._started = False
 
     def __await__(self) -> Generator[Any, None, Any]:
+        chains = self._proxy._chains
+        if chains is not None:
+            self._claim()
+            return chains[0](self._outgoing("request")).__await__()
         return self._result().__await__()
 
     def __aiter__(self) -> AsyncIterator[Any]:
+        chains = self._proxy._chains
+        if chains is not None:
+            self._claim()
+            return chains[1](self._outgoing("stream"))
         return self._iterate()
+
+    def _outgoing(self, kind: Literal["request", "stream"]) -> Outgoing:
+        record = self._record
+        return Outgoing(
+            kind,
+            self._pattern,
+            to_route(self._pattern),
+            record.data if record else self._data,
+            dict(record.headers) if record and record.headers else {},
+            self._timeout,
+            self._proxy.transport.features.name,
+            record,
+        )
 
     def _claim(self) -> None:
         if self._started:
             raise RuntimeError("a send() result can be awaited or iterated only once")
         self._started = True
 
-    async def _result(self) -> Any:
-        self._claim()
+    async def _result(self, claim: bool = True) -> Any:
+        if claim:
+            self._claim()
         proxy = self._proxy
         pending = _Pending()
         rid, release = await proxy._start(self, pending)
@@ -134,8 +165,9 @@ class Call:
             raise pending.error
         return pending.value
 
-    async def _iterate(self) -> AsyncIterator[Any]:
-        self._claim()
+    async def _iterate(self, claim: bool = True) -> AsyncIterator[Any]:
+        if claim:
+            self._claim()
         proxy = self._proxy
         pending = _Stream()
         rid, release = await proxy._start(self, pending)
@@ -169,6 +201,7 @@ class ClientProxy:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         name: str | None = None,
+        middleware: Sequence[ClientMiddleware] = (),
     ) -> None:
         self.transport = transport
         self.timeout = timeout
@@ -183,6 +216,34 @@ class ClientProxy:
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._deadlines: Deadlines | None = None
         self._emitting: set[asyncio.Task[None]] = set()
+        self._middleware: list[ClientMiddleware] = []
+        self._chains: tuple[SendNext, StreamNext, EmitNext] | None = None
+        """``send``/``stream``/``emit`` through the middleware; ``None`` when there is none."""
+        self.use(*middleware)
+
+    # -- middleware ----------------------------------------------------------------------
+
+    def use(self, *middleware: ClientMiddleware) -> None:
+        """Add middleware around every call (after the ones given so far: inside them)."""
+        self._middleware.extend(check_middleware(list(middleware), ClientMiddleware))
+        if self._middleware:
+            self._chains = client_chains(
+                self._middleware, self._send_next, self._stream_next, self._emit_next
+            )
+
+    def _call_of(self, message: Outgoing) -> Call:
+        return Call(self, message.pattern, message.data, message.timeout, _record_of(message))
+
+    def _send_next(self, message: Outgoing) -> Awaitable[Any]:
+        return self._call_of(message)._result(claim=False)
+
+    def _stream_next(self, message: Outgoing) -> AsyncIterator[Any]:
+        return self._call_of(message)._iterate(claim=False)
+
+    async def _emit_next(self, message: Outgoing) -> None:
+        record = message.record
+        event = Event(message.pattern, message.route, message.data, message.headers or None, record)
+        await self._publish(event)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -318,16 +379,20 @@ class ClientProxy:
         record = data if isinstance(data, Record) else None
         if headers is not None:
             record = _with_headers(record, data, headers)
-        event = Event(
-            pattern,
-            to_route(pattern),
-            record.data if record else data,
-            record.headers if record else None,
-            record,
-        )
+        route = to_route(pattern)
+        data = record.data if record else data
+        work: Coroutine[Any, Any, None]
+        if self._chains is None:
+            event = Event(pattern, route, data, record.headers if record else None, record)
+            work = self._publish(event)
+        else:
+            headers = dict(record.headers) if record and record.headers else {}
+            name = self.transport.features.name
+            outgoing = Outgoing("event", pattern, route, data, headers, None, name, record)
+            work = _emitting(self._chains[2], outgoing)
         # Not awaiting the task is allowed (asyncio then logs a failure it was never asked
         # for); the proxy holds it until it is done: the loop keeps only a weak reference.
-        task = self._loop.create_task(self._publish(event))
+        task = self._loop.create_task(work)
         self._emitting.add(task)
         task.add_done_callback(self._emitting.discard)
         return task
@@ -420,6 +485,19 @@ class ClientProxy:
     def __repr__(self) -> str:
         name = f" {self.name}" if self.name else ""
         return f"<ClientProxy{name} transport={self.transport!r} status={self._status.value}>"
+
+
+def _record_of(message: Outgoing) -> Record | None:
+    """The record that carries what the middleware left in ``message`` to the transport."""
+    record = message.record
+    headers = message.headers or None
+    if record is not None:
+        return dataclasses.replace(record, data=message.data, headers=headers)
+    return None if headers is None else Record(message.data, headers=headers)
+
+
+async def _emitting(emit: EmitNext, message: Outgoing) -> None:
+    await emit(message)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

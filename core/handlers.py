@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from .abc import Context
 from .errors import ConfigError
+from .middleware import HandleNext, ServerMiddleware, check_middleware
 from .patterns import to_route
 from .policy import FailurePolicy
 
@@ -73,11 +74,13 @@ class Handler:
     """A registered handler with its call shape worked out once, at registration."""
 
     __slots__ = (
+        "chain",
         "fn",
         "is_asyncgen",
         "is_coroutine",
         "is_generator",
         "kind",
+        "middleware",
         "name",
         "options",
         "pass_context",
@@ -99,8 +102,16 @@ class Handler:
             raise ConfigError(f"on_failure must be a FailurePolicy, got {policy!r}")
         self.policy: FailurePolicy | None = policy
         """The handler's own failure policy (events); ``None``: the service's."""
+        self.middleware: list[ServerMiddleware] = check_middleware(
+            options.pop("middleware", []), ServerMiddleware
+        )
+        """The route's own middleware (inside the service's)."""
+        self.chain: HandleNext | None = None
+        """The service's and the route's middleware around the handler, composed when the
+        service starts listening; ``None`` when there is none (the plain path runs)."""
         self.options = options
-        """Transport options of the route (``on_failure`` is core's and is left out)."""
+        """Transport options of the route (``on_failure`` and ``middleware`` are core's and
+        are left out)."""
         self.route = to_route(mark.pattern)
         self.name = getattr(fn, "__qualname__", repr(fn))
         self.is_coroutine = inspect.iscoroutinefunction(fn)

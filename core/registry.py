@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
 from .abc import ClientTransport
 from .client import DEFAULT_TIMEOUT, ClientProxy
 from .config import create_client_transport
 from .errors import ConfigError
+from .middleware import ClientMiddleware
 from .packets import MISSING
 
 __all__ = ["ClientRegistry", "client_property", "create_client"]
@@ -31,6 +32,7 @@ def create_client(
     transport: ClientTransport | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
     name: str | None = None,
+    middleware: Sequence[ClientMiddleware] = (),
     **options: Any,
 ) -> ClientProxy:
     """A client for a URL (``"nats://127.0.0.1:4222"``), a NestJS-style dict
@@ -42,7 +44,7 @@ def create_client(
         transport = create_client_transport(target, **options)
     elif target is not None or options:
         raise ConfigError("pass either a target with options or a ready transport, not both")
-    return ClientProxy(transport, timeout=timeout, name=name)
+    return ClientProxy(transport, timeout=timeout, name=name, middleware=middleware)
 
 
 def _env_name(name: str) -> str:

@@ -22,6 +22,7 @@ from .abc import (
 from .eager import start_eagerly
 from .errors import ConfigError, RpcException, describe_error, short_repr
 from .handlers import HANDLERS_ATTR, Handler, HandlerMark
+from .middleware import STREAMED, Inbound, ServerMiddleware, check_middleware, server_chain
 from .packets import MISSING, Reply
 from .patterns import route_from_wire, to_route
 from .policy import DEFAULT_POLICY, FailurePolicy
@@ -78,6 +79,7 @@ class Microservice:
         grace: float = DEFAULT_GRACE,
         name: str | None = None,
         on_failure: FailurePolicy = DEFAULT_POLICY,
+        middleware: Sequence[ServerMiddleware] = (),
         on_startup: Sequence[Hook] = (),
         after_startup: Sequence[Hook] = (),
         on_shutdown: Sequence[Hook] = (),
@@ -95,6 +97,8 @@ class Microservice:
         self.name = name
         self.on_failure = on_failure
         """The failure policy of events whose handler has none of its own."""
+        self._middleware: list[ServerMiddleware] = check_middleware(middleware, ServerMiddleware)
+        self._transport_name = ""
         self._messages: dict[str, Handler] = {}
         self._events: dict[str, list[Handler]] = {}
         self._slots: Slots | None = None
@@ -147,6 +151,12 @@ class Microservice:
         else:
             self._events.setdefault(handler.route, []).append(handler)
         return handler
+
+    def use(self, *middleware: ServerMiddleware) -> None:
+        """Add middleware around every handler (after the ones given so far: inside them)."""
+        if self._listening:
+            raise ConfigError("add middleware before listen()")
+        self._middleware.extend(check_middleware(list(middleware), ServerMiddleware))
 
     def include(self, obj: Any) -> Any:
         """Register every function or method of ``obj`` marked with the module decorators."""
@@ -272,6 +282,7 @@ class Microservice:
             return
         transport = self.transport
         self._check_policies(transport)
+        self._compose(transport)
         loop = self._loop = asyncio.get_running_loop()
         if self._ready is None or self._ready.done():
             self._ready = loop.create_future()
@@ -326,6 +337,14 @@ class Microservice:
                     f"the {transport.features.name} transport cannot dead-letter: a failure "
                     f"policy names {policy.dead_letter!r}"
                 )
+
+    def _compose(self, transport: ServerTransport) -> None:
+        """Wrap each handler in its middleware once, so a message pays for no list walk;
+        a handler without middleware keeps the plain path."""
+        self._transport_name = transport.features.name
+        for handler in self.handlers:
+            middleware = [*self._middleware, *handler.middleware]
+            handler.chain = server_chain(middleware, self._invoke) if middleware else None
 
     async def close(self, grace: float | None = None) -> None:
         """Stop intake, let in-flight handlers finish (up to ``grace`` s), close the transport."""
@@ -471,15 +490,24 @@ class Microservice:
         # No `finally`: a handler cancelled at shutdown leaves its message unsettled, so a
         # broker that keeps messages (RabbitMQ with acks, Kafka) delivers it again.
         try:
-            result = handler.call(context.data, context)
-            if handler.is_asyncgen or handler.is_generator:
-                await self._stream(rid, result, context)
-            else:
-                if handler.is_coroutine or asyncio.iscoroutine(result):
-                    result = await result
-                # None crosses as null, as a NestJS handler's null does (undefined has no
-                # Python twin): a NestJS caller's firstValueFrom() gets a value.
+            chain = handler.chain
+            if chain is not None:
+                result = await chain(
+                    Inbound(context, "message", route, handler, self._transport_name, context.data)
+                )
+                if result is STREAMED:
+                    result = MISSING  # every item went out: the completion follows
                 await context.send_reply(Reply(rid, result, None, True))
+            else:
+                result = handler.call(context.data, context)
+                if handler.is_asyncgen or handler.is_generator:
+                    await self._stream(rid, result, context)
+                else:
+                    if handler.is_coroutine or asyncio.iscoroutine(result):
+                        result = await result
+                    # None crosses as null, as a NestJS handler's null does (undefined has
+                    # no Python twin): a NestJS caller's firstValueFrom() gets a value.
+                    await context.send_reply(Reply(rid, result, None, True))
         except Exception as exc:
             ok = False
             await _reply_quietly(context, Reply(rid, MISSING, _error_payload(exc, handler), True))
@@ -503,10 +531,24 @@ class Microservice:
     async def _stream(self, rid: Any, result: Any, context: Context) -> None:
         """Send every item as soon as it is yielded, then the completion as its own packet
         (what NestJS sends for items that arrive on later ticks)."""
-        items: AsyncIterator[Any] = result if hasattr(result, "__anext__") else _aiter(result)
-        async for item in items:
-            await context.send_reply(Reply(rid, item))
+        await _send_items(rid, result, context)
         await context.send_reply(Reply(rid, MISSING, None, True))
+
+    async def _invoke(self, message: Inbound) -> Any:
+        """The innermost ``call_next`` of the middleware: run the handler; a streaming one's
+        items are sent (a request) or drained (an event) here."""
+        handler = message.handler
+        context = message.context
+        result = handler.call(message.data, context)
+        if handler.is_asyncgen or handler.is_generator:
+            if context.is_request:
+                await _send_items(context.id, result, context)
+            else:
+                await _drain(result)
+            return STREAMED
+        if handler.is_coroutine or asyncio.iscoroutine(result):
+            return await result
+        return result
 
     async def _handle_event(self, route: str, context: Context) -> None:
         handlers = self._events.get(route)
@@ -531,10 +573,17 @@ class Microservice:
         failed: list[tuple[Handler, Exception]] = []
         for handler in handlers:
             try:
+                chain = handler.chain
+                if chain is not None:
+                    await chain(
+                        Inbound(
+                            context, "event", route, handler, self._transport_name, context.data
+                        )
+                    )
+                    continue
                 result = handler.call(context.data, context)
                 if handler.is_asyncgen or handler.is_generator:
-                    async for _ in result if hasattr(result, "__anext__") else _aiter(result):
-                        pass
+                    await _drain(result)
                 elif handler.is_coroutine or asyncio.iscoroutine(result):
                     await result
             except Exception as exc:
@@ -622,6 +671,17 @@ async def _settle_quietly(context: Context, ok: bool) -> None:
         await context.settle(ok)
     except Exception:
         log.exception("settling %s failed", context)
+
+
+async def _send_items(rid: Any, result: Any, context: Context) -> None:
+    items: AsyncIterator[Any] = result if hasattr(result, "__anext__") else _aiter(result)
+    async for item in items:
+        await context.send_reply(Reply(rid, item))
+
+
+async def _drain(result: Any) -> None:
+    async for _ in result if hasattr(result, "__anext__") else _aiter(result):
+        pass
 
 
 async def _aiter(items: Iterator[Any]) -> AsyncIterator[Any]:

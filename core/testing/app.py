@@ -18,9 +18,10 @@ from pydantic import BaseModel
 
 from ..abc import Context
 from ..errors import RpcException
+from ..middleware import HandleNext, Inbound, ServerMiddleware
 from ..server import Microservice
 
-__all__ = ["DEFAULT_PREFIX", "Charge", "Routes", "app", "build_app"]
+__all__ = ["DEFAULT_PREFIX", "Charge", "Guard", "MapErrors", "Routes", "app", "build_app"]
 
 DEFAULT_PREFIX = "conformance"
 
@@ -61,12 +62,33 @@ class Routes:
     event = property(lambda self: self._p("event"))
     slow_event = property(lambda self: self._p("slow_event"))
     events = property(lambda self: self._p("events"))
+    guarded = property(lambda self: self._p("guarded"))
+    mapped = property(lambda self: self._p("mapped"))
     unknown = property(lambda self: self._p("no_such_handler"))
 
 
 class Charge(BaseModel):
     order_id: str
     amount: int
+
+
+class Guard(ServerMiddleware):
+    """Rejects a call before its handler unless the data holds the ticket (a NestJS guard)."""
+
+    async def handle(self, message: Inbound, call_next: HandleNext) -> Any:
+        if not isinstance(message.data, dict) or message.data.get("ticket") != "open":
+            raise RpcException({"status": "error", "message": "Forbidden"})
+        return await call_next(message)
+
+
+class MapErrors(ServerMiddleware):
+    """Turns a handler's ``LookupError`` into the caller's error (a NestJS exception filter)."""
+
+    async def handle(self, message: Inbound, call_next: HandleNext) -> Any:
+        try:
+            return await call_next(message)
+        except LookupError as exc:
+            raise RpcException({"status": "error", "message": f"not found: {exc}"}) from exc
 
 
 # What event and count handlers saw, per test token: shared by every instance in a process.
@@ -153,6 +175,15 @@ def build_app(
     @app.message_pattern(routes.events)
     def events(key: str) -> list[Any]:
         return RECEIVED.get(key, [])
+
+    @app.message_pattern(routes.guarded, middleware=[Guard()])
+    def guarded(data: dict[str, Any]) -> str:
+        COUNTS[f"guarded:{data['token']}"] += 1
+        return "let in"
+
+    @app.message_pattern(routes.mapped, middleware=[MapErrors()])
+    def mapped(name: str) -> None:
+        raise KeyError(name)
 
     return app
 

@@ -25,6 +25,7 @@ import pytest
 from ..abc import ConnectionStatus
 from ..client import ClientProxy
 from ..errors import NoRespondersError, RequestTimeout, RpcError, TransportError
+from ..middleware import ClientMiddleware, Outgoing, SendNext
 from .harness import NOT_APPLICABLE, Conformance
 
 __all__ = [name for name in dir() if name.startswith("test_")]
@@ -430,6 +431,57 @@ def test_headers_round_trip(conformance: Conformance) -> None:
             c.routes.headers, {}, headers={"x-test-one": "1", "x-test-two": "é"}
         )
         assert reply == {"x-test-one": "1", "x-test-two": "é"}
+
+    conformance.run(case)
+
+
+# -- middleware ---------------------------------------------------------------------------
+
+
+class _Stamp(ClientMiddleware):
+    """Puts one header on every call, as a tenant or auth middleware would."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    async def send(self, message: Outgoing, call_next: SendNext) -> Any:
+        message.headers["x-test-stamp"] = self.value
+        return await call_next(message)
+
+
+def test_middleware_rejects_a_call_before_its_handler(conformance: Conformance) -> None:
+    async def case(c: Conformance) -> None:
+        await c.ensure_server()
+        client = c.client()
+        with pytest.raises(RpcError) as info:
+            await client.send(c.routes.guarded, {"token": c.token, "ticket": "wrong"})
+        assert info.value.error == {"status": "error", "message": "Forbidden"}
+        assert await client.send(c.routes.guarded, {"token": c.token, "ticket": "open"}) == "let in"
+        assert await client.send(c.routes.count, f"guarded:{c.token}") == 2  # 1 let in, +1
+
+    conformance.run(case)
+
+
+def test_client_middleware_adds_a_header_the_handler_sees(conformance: Conformance) -> None:
+    _skip_unless(conformance.features.headers, "transport has no message headers")
+
+    async def case(c: Conformance) -> None:
+        await c.ensure_server()
+        client = c.client(middleware=[_Stamp(c.token)])
+        reply = await client.send(c.routes.headers, {}, headers={"x-test-own": "1"})
+        assert reply == {"x-test-own": "1", "x-test-stamp": c.token}
+
+    conformance.run(case)
+
+
+def test_middleware_maps_a_handler_exception(conformance: Conformance) -> None:
+    async def case(c: Conformance) -> None:
+        await c.ensure_server()
+        client = c.client()
+        with pytest.raises(RpcError) as info:
+            await client.send(c.routes.mapped, "order-7")
+        assert info.value.error == {"status": "error", "message": "not found: 'order-7'"}
+        assert await client.send(c.routes.echo, "still serving") == "still serving"
 
     conformance.run(case)
 

@@ -1,0 +1,22 @@
+"""Middleware sets the floor bench measures: ``python -m bench --floor --middleware noop``.
+
+Each entry builds a fresh list of middleware objects usable on both sides (each object is
+given to the service and to the client); the bench measures every set against none, in
+the same session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from polybus import ClientMiddleware, ServerMiddleware
+
+
+class PassThrough(ClientMiddleware, ServerMiddleware):
+    """Does nothing: the cost of the middleware machinery itself."""
+
+
+SETS: dict[str, Callable[[], list[Any]]] = {
+    "noop": lambda: [PassThrough()],
+}
