@@ -35,6 +35,7 @@ from .errors import (
     TransportError,
 )
 from .handlers import event_pattern, message_pattern
+from .logcontext import LogContextFilter, log_fields
 from .middleware import ClientMiddleware, Inbound, Outgoing, ServerMiddleware
 from .packets import Record
 from .plugins import TransportSpec, register_transport
@@ -57,6 +58,7 @@ __all__ = [
     "Features",
     "Inbound",
     "JsonSerializer",
+    "LogContextFilter",
     "Microservice",
     "MsgpackSerializer",
     "NoRespondersError",
@@ -76,6 +78,7 @@ __all__ = [
     "client_property",
     "create_client",
     "event_pattern",
+    "log_fields",
     "message_pattern",
     "redact_url",
     "register_transport",
