@@ -27,21 +27,17 @@ __all__ = ["CORRELATION_FIELD", "ROUTE_FIELD", "LogContextFilter", "log_fields"]
 ROUTE_FIELD = "polybus_route"
 CORRELATION_FIELD = "polybus_correlation_id"
 
-_MESSAGE: contextvars.ContextVar[tuple[str | None, Any]] = contextvars.ContextVar(
+MESSAGE: contextvars.ContextVar[tuple[str | None, Any]] = contextvars.ContextVar(
     "polybus_message", default=(None, None)
 )
-
-
-def enter_message(route: str | None, correlation_id: Any) -> None:
-    """Mark the running context as handling a message (core calls it at the start of each
-    message's handling, which runs in a context of its own: nothing to reset)."""
-    _MESSAGE.set((route, correlation_id))
+"""``(route, correlation id)`` of the message being handled: core sets it at the start of
+each message's handling, which runs in a context of its own (nothing to reset)."""
 
 
 def log_fields() -> dict[str, Any]:
     """``{"polybus_route": ..., "polybus_correlation_id": ...}`` of the message being
     handled here (both ``None`` outside one)."""
-    route, correlation_id = _MESSAGE.get()
+    route, correlation_id = MESSAGE.get()
     return {ROUTE_FIELD: route, CORRELATION_FIELD: correlation_id}
 
 
@@ -50,7 +46,7 @@ class LogContextFilter(logging.Filter):
     field the caller passed in ``extra`` is kept); never drops a record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        route, correlation_id = _MESSAGE.get()
+        route, correlation_id = MESSAGE.get()
         if not hasattr(record, ROUTE_FIELD):
             setattr(record, ROUTE_FIELD, route)
         if not hasattr(record, CORRELATION_FIELD):

@@ -22,7 +22,7 @@ from .abc import (
 from .eager import start_eagerly
 from .errors import ConfigError, RpcException, describe_error, short_repr
 from .handlers import HANDLERS_ATTR, Handler, HandlerMark
-from .logcontext import LogContextFilter, enter_message
+from .logcontext import MESSAGE, LogContextFilter
 from .middleware import STREAMED, Inbound, ServerMiddleware, check_middleware, server_chain
 from .packets import MISSING, Reply
 from .patterns import route_from_wire, to_route
@@ -473,14 +473,14 @@ class Microservice:
         return self._handle_request(route, context)
 
     async def _reject_unroutable(self, context: Context, exc: Exception) -> None:
-        enter_message(None, context.id if context.is_request else None)
+        MESSAGE.set((None, context.id if context.is_request else None))
         log.warning("unroutable pattern %s: %s", short_repr(context.pattern), describe_error(exc))
         if context.is_request:
             await _reply_quietly(context, Reply.no_handler(context.id))
         await _settle_quietly(context, False)
 
     async def _handle_request(self, route: str, context: Context) -> None:
-        enter_message(route, context.id)
+        MESSAGE.set((route, context.id))
         handler = self._messages.get(route)
         if handler is None:
             await self._handle_unknown_request(route, context)
@@ -555,7 +555,7 @@ class Microservice:
         return result
 
     async def _handle_event(self, route: str, context: Context) -> None:
-        enter_message(route, None)
+        MESSAGE.set((route, None))
         handlers = self._events.get(route)
         if not handlers:
             message = self._messages.get(route)
