@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -36,8 +36,8 @@ log.addFilter(LogContextFilter())  # its records about a message name its route 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-Hook = Callable[[], "Awaitable[Any] | Any"]
-"""A lifecycle hook: a function of no arguments, sync or async."""
+Hook = Callable[[], Any]
+"""A lifecycle hook: a function of no arguments, sync or async (its awaitable is awaited)."""
 
 H = TypeVar("H", bound=Hook)
 
@@ -207,17 +207,13 @@ class Microservice:
 
     async def _run_hooks(self, stage: str) -> None:
         for hook in list(self._hooks[stage]):
-            result = hook()
-            if inspect.isawaitable(result):
-                await result
+            await _call_hook(hook)
 
     async def _run_hooks_logged(self, stage: str) -> None:
         """Run the hooks of a shutdown stage; one that raises is logged, the others run."""
         for hook in list(self._hooks[stage]):
             try:
-                result = hook()
-                if inspect.isawaitable(result):
-                    await result
+                await _call_hook(hook)
             except Exception:
                 log.exception("%s hook %s failed", stage, getattr(hook, "__qualname__", hook))
 
@@ -282,13 +278,17 @@ class Microservice:
         open and ``close()`` has nothing to do."""
         if self._listening:
             return
-        transport = self.transport
-        self._check_policies(transport)
-        self._compose(transport)
         loop = self._loop = asyncio.get_running_loop()
         if self._ready is None or self._ready.done():
             self._ready = loop.create_future()
         ready = self._ready
+        try:
+            transport = self.transport
+            self._check_policies(transport)
+            self._compose(transport)
+        except BaseException as exc:  # a configuration error: nothing opened yet
+            _fail_ready(ready, exc)
+            raise
         self._slots = Slots(self.max_concurrency)
         self._stopped = asyncio.Event()
         self._listening = True
@@ -302,11 +302,7 @@ class Microservice:
             await self._run_hooks("after_startup")
         except BaseException as exc:
             await self._abort(transport)
-            if isinstance(exc, asyncio.CancelledError):
-                ready.cancel()
-            elif not ready.done():
-                ready.set_exception(exc)
-                ready.exception()  # retrieved: whoever waits for it gets it
+            _fail_ready(ready, exc)
             raise
         if not ready.done():
             ready.set_result(None)
@@ -648,6 +644,23 @@ class Microservice:
             f"<Microservice {self.name or ''} handlers={len(self.handlers)}"
             f" status={self._status.value}>"
         )
+
+
+async def _call_hook(hook: Hook) -> None:
+    result = hook()
+    if inspect.isawaitable(result):
+        await result
+
+
+def _fail_ready(ready: asyncio.Future[None], exc: BaseException) -> None:
+    """What ``wait_ready()`` raises for a ``listen()`` that failed with ``exc``."""
+    if ready.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        ready.cancel()
+    else:
+        ready.set_exception(exc)
+        ready.exception()  # retrieved: only the waiters, if any, raise it
 
 
 def _error_payload(exc: Exception, handler: Handler) -> Any:

@@ -9,7 +9,15 @@ from collections.abc import Sequence
 
 import pytest
 
-from polybus import ConnectionStatus, Microservice, ServerStatus, TransportError, create_client
+from polybus import (
+    ConfigError,
+    ConnectionStatus,
+    FailurePolicy,
+    Microservice,
+    ServerStatus,
+    TransportError,
+    create_client,
+)
 from polybus.abc import ConnectionReporter, MessageSink, RouteSpec
 from polybus.serializers import JsonSerializer
 from polybus.transports.memory import MemoryOptions, MemoryServerTransport, _bus
@@ -101,6 +109,16 @@ async def test_a_failing_startup_hook_aborts_listen_cleanly(url: str, stage: str
     async with create_client(url) as client:
         with pytest.raises(TransportError, match="no server listens"):
             await client.send("echo", 1)
+
+
+async def test_wait_ready_raises_a_configuration_error_of_listen(url: str) -> None:
+    app = echo_service(url, on_failure=FailurePolicy(dead_letter="dlq"))  # memory cannot
+    runner = asyncio.create_task(app.run())
+    with pytest.raises(ConfigError, match="cannot dead-letter"):
+        await app.wait_ready()
+    with pytest.raises(ConfigError):
+        await runner
+    assert app.status is ServerStatus.STOPPED
 
 
 async def test_a_failing_shutdown_hook_is_logged_and_shutdown_goes_on(
