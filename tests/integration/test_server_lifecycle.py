@@ -95,7 +95,7 @@ def prefix() -> str:
     return f"pblife{uuid.uuid4().hex[:10]}"
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.005, 0.05, 0.3])
+@pytest.mark.parametrize("delay", [0.0, 0.0005, 0.001, 0.002, 0.005, 0.05, 0.3])
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_cancelled_listen_leaves_nothing_open(
     transport: str, delay: float, prefix: str

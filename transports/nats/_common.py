@@ -92,13 +92,15 @@ async def open_connection(options: NatsOptions, owner: ConnectionCallbacks) -> N
             inbox_prefix=options.inbox_prefix,
             pending_size=options.pending_size,
         )
-    except (nats_errors.Error, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-        cause = (
-            nc.last_error if isinstance(exc, nats_errors.NoServersError) and nc.last_error else exc
-        )
+    except BaseException as exc:  # cancelled too: the socket may be open already
         owner._closing = True
         with contextlib.suppress(Exception):
             await nc.close()
+        if not isinstance(exc, (nats_errors.Error, OSError, asyncio.TimeoutError, ssl.SSLError)):
+            raise
+        cause = (
+            nc.last_error if isinstance(exc, nats_errors.NoServersError) and nc.last_error else exc
+        )
         raise TransportError(
             f"cannot connect to NATS at {options.describe()}: {describe_error(cause)}"
         ) from exc
