@@ -17,6 +17,16 @@ class PassThrough(ClientMiddleware, ServerMiddleware):
     """Does nothing: the cost of the middleware machinery itself."""
 
 
+def prometheus() -> list[Any]:
+    """polybus.prometheus (the ``[prometheus]`` extra), counting into a registry of its own."""
+    from prometheus_client import CollectorRegistry
+
+    from polybus.prometheus import PrometheusMiddleware
+
+    return [PrometheusMiddleware(registry=CollectorRegistry())]
+
+
 SETS: dict[str, Callable[[], list[Any]]] = {
     "noop": lambda: [PassThrough()],
+    "prometheus": prometheus,
 }

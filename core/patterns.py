@@ -46,12 +46,20 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from .errors import short_repr
 
-__all__ = ["MAX_DEPTH", "MAX_KEYS", "NO_ROUTE", "js_number", "route_from_wire", "to_route"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_KEYS",
+    "NO_ROUTE",
+    "WildcardRoutes",
+    "js_number",
+    "route_from_wire",
+    "to_route",
+]
 
 MAX_DEPTH: Final = 5
 """Objects nested deeper than this (the pattern is depth 0) become ``[MAX_DEPTH_REACHED]``."""
@@ -371,3 +379,36 @@ def _route_from_json(s: str) -> str:
     if isinstance(value, (int, float)):
         return js_number(value)
     return _object(value, 0)
+
+
+class WildcardRoutes:
+    """The handler routes of a server whose transport matches wildcards itself (MQTT topic
+    filters, RabbitMQ topic patterns) rather than leaving it to the broker's subscription.
+
+    ``exact`` holds every route; :meth:`match` gives the first route with one of
+    ``wildcard_chars`` that ``matches(route, name)``, in registration order: NestJS tries
+    its handlers in that order, after looking for a route equal to the name.
+    """
+
+    __slots__ = ("_matches", "exact", "wildcards")
+
+    def __init__(
+        self,
+        routes: Iterable[str],
+        wildcard_chars: str,
+        matches: Callable[[str, str], bool],
+    ) -> None:
+        ordered = list(dict.fromkeys(routes))
+        self.exact = frozenset(ordered)
+        self.wildcards = [r for r in ordered if any(c in r for c in wildcard_chars)]
+        self._matches = matches
+
+    def match(self, name: str) -> str | None:
+        for route in self.wildcards:
+            if self._matches(route, name):
+                return route
+        return None
+
+    def route_of(self, name: str) -> str | None:
+        """``name`` if it is a route, else the first wildcard route matching it."""
+        return name if name in self.exact else self.match(name)

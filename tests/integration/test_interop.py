@@ -8,17 +8,19 @@ polybus microservice. Each checks a sum with an object pattern, a streamed reply
 
 from __future__ import annotations
 
-import asyncio
+import itertools
+import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import harness  # tests/integration/nest/harness.py
 import pytest
+from twin import TICK, build_twin, patterns  # tests/integration/nest/twin.py
 
-from polybus import Microservice, RpcError, RpcException, create_client
+from polybus import RpcError, create_client
 from polybus.testing.brokers import broker_url, require
 
 pytestmark = pytest.mark.interop
@@ -31,14 +33,6 @@ class Side:
     nest: str
     url: Callable[[str], str]
     env: Callable[[str, str], dict[str, str]]
-
-    def patterns(self, prefix: str) -> dict[str, Any]:
-        return {
-            "sum": {"cmd": f"{prefix}sum"},
-            "stream": f"{prefix}stream",
-            "fail": f"{prefix}fail",
-            "order_placed": f"{prefix}order_placed",
-        }
 
 
 def _tcp_url(prefix: str) -> str:
@@ -80,18 +74,18 @@ def side(request: pytest.FixtureRequest) -> Side:
 async def test_polybus_client_calls_nestjs_server(side: Side) -> None:
     prefix = harness.unique_prefix()
     url = side.url(prefix)
-    patterns = side.patterns(prefix)
+    p = patterns(prefix)
     env = {"NEST_PREFIX": prefix, **side.env(url, prefix)}
     async with (
         harness.start_nest_server(side.nest, env) as nest,
         create_client(url, timeout=30) as client,
     ):
-        assert await client.send(patterns["sum"], [1, 2, 3, 4]) == 10
-        assert [item async for item in client.send(patterns["stream"], {})] == [1, 2, 3]
+        assert await client.send(p["sum"], [1, 2, 3, 4]) == 10
+        assert [item async for item in client.send(p["stream"], {})] == [1, 2, 3]
         with pytest.raises(RpcError) as info:
-            await client.send(patterns["fail"], {})
+            await client.send(p["fail"], {})
         assert info.value.error == {"code": "E_TEST", "message": "boom"}
-        await client.emit(patterns["order_placed"], {"orderId": "ord_42", "amount": 1999})
+        await client.emit(p["order_placed"], {"orderId": "ord_42", "amount": 1999})
         events = await nest.wait_for_events(1, timeout=30)
     assert events[0]["data"] == {"orderId": "ord_42", "amount": 1999}
 
@@ -99,87 +93,106 @@ async def test_polybus_client_calls_nestjs_server(side: Side) -> None:
 async def test_nestjs_client_calls_polybus_server(side: Side) -> None:
     prefix = harness.unique_prefix()
     url = side.url(prefix)
-    patterns = side.patterns(prefix)
-    app = Microservice(url)
-    received: list[Any] = []
-
-    @app.message_pattern(patterns["sum"])
-    def total(numbers: list[float]) -> float:
-        return sum(numbers)
-
-    @app.message_pattern(patterns["stream"])
-    async def stream(_: Any) -> AsyncIterator[int]:
-        for i in (1, 2, 3):
-            await asyncio.sleep(0.005)
-            yield i
-
-    @app.message_pattern(patterns["fail"])
-    def fail(_: Any) -> None:
-        raise RpcException({"code": "E_TEST", "message": "boom"})
-
-    @app.event_pattern(patterns["order_placed"])
-    def placed(data: Any) -> None:
-        received.append(data)
-
     env = {"NEST_PREFIX": prefix, **side.env(url, prefix)}
-    async with app:
+    async with build_twin(url, prefix) as service:
         result = await harness.run_nest_client(side.nest, env, timeout=90)
-        for _ in range(200):
-            if received:
-                break
-            await asyncio.sleep(0.05)
+        await service.wait_for_events(1)
     assert result["sum"] == 10
     assert result["stream"] == [1, 2, 3]
     assert result["fail"] == {"code": "E_TEST", "message": "boom"}
     assert result["emitted"] is True
-    assert received == [{"orderId": "ord_42", "amount": 1999}]
-
-
-TICK = 0.2
-"""Seconds between the items of the slow stream: holding an item back until the next one
-exists (as polybus once did) makes it arrive a whole TICK late."""
+    assert service.events == [harness.ORDER]
 
 
 async def test_nestjs_caller_gets_null_and_each_stream_item_as_it_is_yielded(side: Side) -> None:
     """A handler returning None gives a NestJS caller's firstValueFrom() null (not
-    EmptyError); each item of a slow stream reaches it within a fraction of the interval."""
+    EmptyError); each item of a slow stream reaches it within half the interval (holding
+    an item back until the next one exists, as polybus once did, makes it a whole TICK
+    late)."""
     prefix = harness.unique_prefix()
     url = side.url(prefix)
-    patterns = side.patterns(prefix)
-    app = Microservice(url)
-    yielded: list[float] = []
-
-    @app.message_pattern(patterns["sum"])
-    def total(numbers: list[float]) -> float:
-        return sum(numbers)
-
-    @app.message_pattern(patterns["stream"])
-    def stream(_: Any) -> Any:
-        yield from (1, 2, 3)
-
-    @app.message_pattern(patterns["fail"])
-    def fail(_: Any) -> None:
-        raise RpcException({"code": "E_TEST", "message": "boom"})
-
-    @app.event_pattern(patterns["order_placed"])
-    def placed(data: Any) -> None:
-        pass
-
-    @app.message_pattern(f"{prefix}none")
-    def nothing(_: Any) -> None:
-        return None
-
-    @app.message_pattern(f"{prefix}ticks")
-    async def ticks(_: Any) -> AsyncIterator[int]:
-        for i in range(3):
-            await asyncio.sleep(TICK)
-            yielded.append(time.time())
-            yield i
-
     env = {"NEST_PREFIX": prefix, "NEST_PARITY": "1", **side.env(url, prefix)}
-    async with app:
+    async with build_twin(url, prefix) as service:
         result = await harness.run_nest_client(side.nest, env, timeout=90)
     assert result["none"] is None
     assert [t["item"] for t in result["ticks"]] == [0, 1, 2]
-    late = [t["at"] / 1000 - at for t, at in zip(result["ticks"], yielded, strict=True)]
+    late = [t["at"] / 1000 - at for t, at in zip(result["ticks"], service.yielded, strict=True)]
     assert max(late) < TICK / 2, f"items arrived {late} s after they were yielded"
+
+
+async def test_polybus_caller_gets_none_and_each_stream_item_as_it_is_emitted(
+    side: Side,
+) -> None:
+    """The other direction: a NestJS handler returning null gives ``send()`` None, and each
+    item of a NestJS Observable emitting every TICK reaches a polybus iterator within half
+    the interval of its emission (server.mjs reports when it emitted each one), so the
+    gaps between arrivals stay near the interval."""
+    prefix = harness.unique_prefix()
+    url = side.url(prefix)
+    p = patterns(prefix)
+    env = {"NEST_PREFIX": prefix, "NEST_PARITY": "1", **side.env(url, prefix)}
+    async with (
+        harness.start_nest_server(side.nest, env) as nest,
+        create_client(url, timeout=30) as client,
+    ):
+        assert await client.send(p["none"], {}) is None
+        arrived: list[tuple[Any, float]] = []
+        async for item in client.send(p["ticks"], {}):
+            arrived.append((item, time.time()))
+        emitted = await nest.wait_for_events(3)
+    assert [item for item, _ in arrived] == [0, 1, 2]
+    at = {e["data"]["item"]: e["data"]["at"] / 1000 for e in emitted}
+    late = [when - at[item] for item, when in arrived]
+    assert max(late) < TICK / 2, f"items arrived {late} s after they were emitted"
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(arrived)]
+    assert all(TICK / 2 < gap < TICK * 1.5 for gap in gaps), f"gaps between items: {gaps}"
+
+
+WILDCARDS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # side: (a handler pattern with wildcards, a pattern it matches, the option turning
+    # wildcards on, the same name on both sides); RabbitMQ's: test_interop_rabbitmq.py
+    "nats": ("wild.*", "wild.abc", {}),
+    "redis": ("wild*", "wild.abc", {"wildcards": True}),
+    "mqtt": ("wild/+", "wild/abc", {}),
+}
+
+
+@pytest.fixture(params=list(WILDCARDS))
+def wild_side(request: pytest.FixtureRequest) -> str:
+    reason = harness.node_available()
+    if reason:
+        require(f"NestJS interop: {reason}")
+    name: str = request.param
+    return name
+
+
+async def test_nestjs_client_reaches_a_polybus_wildcard_handler(wild_side: str) -> None:
+    """A request to a pattern only a wildcard handler matches gets that handler's reply."""
+    side = SIDES[wild_side]
+    handler, concrete, options = WILDCARDS[wild_side]
+    prefix = harness.unique_prefix()
+    url = side.url(prefix)
+    env = {"NEST_PREFIX": prefix, "NEST_WILDCARD_SEND": prefix + concrete, **side.env(url, prefix)}
+    async with build_twin(url, prefix, wildcard=prefix + handler, **options):
+        result = await harness.run_nest_client(side.nest, env, timeout=90)
+    assert result["wild"] == {"wild": "w"}
+    assert result["sum"] == 10  # exact routes still work with wildcards on
+
+
+async def test_polybus_client_reaches_a_nestjs_wildcard_handler(wild_side: str) -> None:
+    side = SIDES[wild_side]
+    handler, concrete, options = WILDCARDS[wild_side]
+    prefix = harness.unique_prefix()
+    url = side.url(prefix)
+    env = {
+        "NEST_PREFIX": prefix,
+        "NEST_WILDCARD": prefix + handler,
+        "NEST_OPTIONS": json.dumps(options),
+        **side.env(url, prefix),
+    }
+    async with (
+        harness.start_nest_server(side.nest, env),
+        create_client(url, timeout=30) as client,
+    ):
+        assert await client.send(prefix + concrete, "w") == {"wild": "w"}
+        assert await client.send(patterns(prefix)["sum"], [1, 2, 3, 4]) == 10

@@ -13,20 +13,18 @@ assignment) share reply topics at once, each getting exactly its own replies.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import harness  # tests/integration/nest/harness.py
 import pytest
+from twin import build_twin, patterns  # tests/integration/nest/twin.py
 
 from polybus import (
-    Context,
-    Microservice,
     Record,
     RequestTimeout,
     RpcError,
-    RpcException,
     create_client,
 )
 
@@ -40,49 +38,9 @@ def prefix() -> str:
     return harness.unique_prefix().rstrip("_")
 
 
-def patterns(prefix: str) -> dict[str, str]:
-    return {name: f"{prefix}.{name}" for name in ("sum", "stream", "fail", "order_placed")}
-
-
 def nest_env(url: str, prefix: str) -> dict[str, str]:
     netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
     return {"NEST_BROKERS": netloc, "NEST_PREFIX": prefix}
-
-
-def polybus_service(
-    url: str, prefix: str, received: list[Any], seen: list[Any], group_id: str | None = None
-) -> Microservice:
-    """The four handlers of server.mjs, in Python (in NestJS's group, suffix ``-server``)."""
-    p = patterns(prefix)
-    app = Microservice(url, group_id=group_id or f"pb-{prefix}-group")
-
-    @app.message_pattern(p["sum"])
-    def total(numbers: list[float], ctx: Context) -> float:
-        seen.append(ctx)
-        return sum(numbers)
-
-    @app.message_pattern(p["stream"])
-    async def stream(_: Any) -> AsyncIterator[int]:
-        for i in (1, 2, 3):
-            await asyncio.sleep(0.005)
-            yield i
-
-    @app.message_pattern(p["fail"])
-    def fail(_: Any) -> None:
-        raise RpcException({"code": "E_TEST", "message": "boom"})
-
-    @app.event_pattern(p["order_placed"])
-    def placed(data: Any) -> None:
-        received.append(data)
-
-    return app
-
-
-async def _wait_for(items: list[Any], n: int, timeout: float = 15.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if len(items) >= n:
-            return
-        await asyncio.sleep(0.05)
 
 
 async def _first_answer(call: Callable[[], Awaitable[Any]], attempts: int = 12) -> Any:
@@ -95,7 +53,7 @@ async def _first_answer(call: Callable[[], Awaitable[Any]], attempts: int = 12) 
 
 
 async def test_polybus_client_calls_nestjs_server(nest_ready: None, url: str, prefix: str) -> None:
-    p = patterns(prefix)
+    p = patterns(prefix, kafka=True)
     async with (
         harness.start_nest_server("KAFKA", nest_env(url, prefix)) as nest,
         create_client(url, timeout=30) as client,
@@ -122,13 +80,11 @@ async def test_polybus_client_calls_nestjs_server(nest_ready: None, url: str, pr
 
 
 async def test_nestjs_client_calls_polybus_server(nest_ready: None, url: str, prefix: str) -> None:
-    received: list[Any] = []
-    seen: list[Any] = []
-    app = polybus_service(url, prefix, received, seen)
-    async with app:
+    twin = build_twin(url, prefix, kafka=True, group_id=f"pb-{prefix}-group")
+    async with twin:
         result = await harness.run_nest_client("KAFKA", nest_env(url, prefix), timeout=90)
-        await _wait_for(received, 1)
-        await app.transport.delete_resources()  # type: ignore[attr-defined]
+        await twin.wait_for_events(1, timeout=15)
+        await twin.app.transport.delete_resources()  # type: ignore[attr-defined]
     # NestJS's client parses "10" as text. Items leave as they are yielded and the
     # completion travels alone, as a NestJS server sends a stream whose items come on later
     # ticks: its null value reaches a NestJS caller as one more item (docs/PROTOCOL.md §7.6),
@@ -139,10 +95,10 @@ async def test_nestjs_client_calls_polybus_server(nest_ready: None, url: str, pr
         "fail": {"code": "E_TEST", "message": "boom"},
         "emitted": True,
     }
-    assert received == [harness.ORDER]
-    ctx = seen[0]
-    assert ctx.topic == patterns(prefix)["sum"]
-    assert ctx.headers["kafka_replyTopic"] == patterns(prefix)["sum"] + ".reply"
+    assert twin.events == [harness.ORDER]
+    ctx = twin.contexts[0]
+    assert ctx.topic == patterns(prefix, kafka=True)["sum"]
+    assert ctx.headers["kafka_replyTopic"] == patterns(prefix, kafka=True)["sum"] + ".reply"
     assert "kafka_correlationId" in ctx.headers and "x-polybus-type" not in ctx.headers
 
 
@@ -150,7 +106,7 @@ async def test_nestjs_and_polybus_clients_share_reply_topics(
     nest_ready: None, url: str, prefix: str
 ) -> None:
     """Both clients at once on one NestJS server: each gets exactly its own replies."""
-    p = patterns(prefix)
+    p = patterns(prefix, kafka=True)
     async with (
         harness.start_nest_server("KAFKA", nest_env(url, prefix)),
         create_client(url, timeout=60) as client,
@@ -175,27 +131,41 @@ async def test_nestjs_and_polybus_servers_share_one_consumer_group(
     nest_ready: None, url: str, prefix: str
 ) -> None:
     """kafkajs joins with the protocol 'RoundRobinAssigner': a polybus server offering it
-    joins the same group, and the group's partitions are split between the two kinds."""
-    p = patterns(prefix)
+    joins the same group, and the group's partitions are split between the two kinds. When
+    the NestJS member leaves, requests keep being answered: its partitions move to polybus,
+    which reads what NestJS had not answered."""
+    p = patterns(prefix, kafka=True)
     group = f"shared-{prefix}"
-    received: list[Any] = []
-    app = polybus_service(url, prefix, received, [], group_id=group)
+    twin = build_twin(url, prefix, kafka=True, group_id=group)
+    received = twin.events
     env = {**nest_env(url, prefix), "NEST_KAFKA_GROUP_ID": group}
     n = 40
     async with (
         harness.start_nest_server("KAFKA", env) as nest,
-        app,
-        create_client(url, timeout=30) as client,
+        twin,
+        create_client(url, timeout=60) as client,
     ):
         for i in range(n):
             await client.emit(p["order_placed"], Record({"i": i}, key=f"key-{i}"))
-        for _ in range(600):
-            if len(received) + len(nest.events) >= n:
-                break
-            await asyncio.sleep(0.05)
+        await harness.wait_until(lambda: len(received) + len(nest.events) >= n, timeout=30)
         await asyncio.sleep(0.5)  # a duplicate would show up meanwhile
-        await app.transport.delete_resources()  # type: ignore[attr-defined]
+
+        async def batch(first: int) -> bool:
+            replies = await asyncio.gather(
+                *(client.send(p["sum"], Record([first + i, 1], key=f"k{i}")) for i in range(10))
+            )
+            return [str(r) for r in replies] == [str(first + i + 1) for i in range(10)]
+
+        assert await batch(0)
+        stopping = asyncio.ensure_future(nest.stop())
+        answered = [await batch(100)]
+        while not stopping.done():
+            answered.append(await batch(100 * len(answered) + 100))
+        await stopping
+        answered += [await batch(100 * len(answered) + 100 * k + 100) for k in range(3)]
+        await twin.app.transport.delete_resources()  # type: ignore[attr-defined]
     by_nest = [e["data"]["i"] for e in nest.events]
     by_polybus = [d["i"] for d in received]
     assert by_nest and by_polybus, (by_nest, by_polybus)  # both kinds got partitions
     assert sorted(by_nest + by_polybus) == list(range(n))  # each event once
+    assert all(answered), answered  # no request lost or answered wrongly while NestJS left

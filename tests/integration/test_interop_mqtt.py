@@ -10,14 +10,12 @@ polybus client talks to a NestJS server on MQTT 3.1.1, and polybus servers shari
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 import harness  # tests/integration/nest/harness.py
 import pytest
+from twin import build_twin  # tests/integration/nest/twin.py
 
-from polybus import Microservice, RpcException, create_client
+from polybus import create_client
 from polybus.transports.mqtt import MqttRecord
 
 pytest.importorskip("aiomqtt")
@@ -27,39 +25,6 @@ pytestmark = [pytest.mark.interop, pytest.mark.broker("mqtt")]
 
 def nest_env(url: str, prefix: str) -> dict[str, str]:
     return {"NEST_URL": url, "NEST_PREFIX": prefix}
-
-
-def build_service(url: str, prefix: str, received: list[Any], **options: Any) -> Microservice:
-    """The four handlers of server.mjs, in Python."""
-    app = Microservice(url, **options)
-
-    @app.message_pattern({"cmd": f"{prefix}sum"})
-    def total(numbers: list[float]) -> float:
-        return sum(numbers)
-
-    @app.message_pattern(f"{prefix}stream")
-    async def stream(_: Any) -> AsyncIterator[int]:
-        for i in (1, 2, 3):
-            await asyncio.sleep(0.005)
-            yield i
-
-    @app.message_pattern(f"{prefix}fail")
-    def fail(_: Any) -> None:
-        raise RpcException({"code": "E_TEST", "message": "boom"})
-
-    @app.event_pattern(f"{prefix}order_placed")
-    def placed(data: Any) -> None:
-        received.append(data)
-
-    return app
-
-
-async def wait_until(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_100_requests_in_flight_to_a_nestjs_server(
@@ -99,13 +64,13 @@ async def test_nestjs_client_calls_polybus_servers_in_a_shared_subscription(
     nest_ready: None, url: str, prefix: str
 ) -> None:
     """Two polybus instances in one ``$share`` group: one answer and one event delivery."""
-    received: list[Any] = []
-    first = build_service(url, prefix, received, queue=f"{prefix}workers")
-    second = build_service(url, prefix, received, queue=f"{prefix}workers")
+    first = build_twin(url, prefix, queue=f"{prefix}workers")
+    second = build_twin(url, prefix, queue=f"{prefix}workers")
     async with first, second:
         result = await harness.run_nest_client("MQTT", nest_env(url, prefix), timeout=90)
-        await wait_until(lambda: bool(received))
+        await harness.wait_until(lambda: bool(first.events or second.events))
         await asyncio.sleep(0.3)
+    received = first.events + second.events
     assert result["sum"] == 10 and result["stream"] == [1, 2, 3]
     assert result["fail"] == {"code": "E_TEST", "message": "boom"}
     assert received == [harness.ORDER]  # delivered to one member of the group only

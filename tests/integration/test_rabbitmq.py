@@ -194,8 +194,29 @@ def test_options_from_nest() -> None:
     assert options.headers == {"x-app": "billing"}
     assert options.declare_arguments() == (False, False, False, {"x-a": 1, "x-max-priority": 10})
     assert RabbitMQOptions(queue="q").declare_arguments() == (True, False, False, None)
+    exchange = RabbitMQOptions.from_nest(
+        {
+            "queue": "q",
+            "exchange": "ex",
+            "exchangeType": "fanout",
+            "routingKey": "rk",
+            "wildcards": True,
+            "exchangeArguments": {"alternate-exchange": "ae"},
+        }
+    )
+    assert (exchange.exchange_name, exchange.exchange_type, exchange.routing_key) == (
+        "ex",
+        "fanout",
+        "rk",
+    )
+    assert exchange.wildcards and exchange.exchange_arguments == {"alternate-exchange": "ae"}
+    by_url = RabbitMQOptions.from_url("amqp://h/?queue=q&wildcards=true&exchange_type=direct")
+    assert by_url.wildcards and by_url.exchange_type == "direct"
+    assert by_url.exchange_name == "q"  # the queue's name, as NestJS defaults it
     with pytest.raises(ConfigError):
-        RabbitMQOptions.from_nest({"queue": "q", "exchange": "ex", "wildcards": True})
+        RabbitMQOptions.from_url("amqp://h/?queue=q&exchange_arguments=x")
+    with pytest.raises(ConfigError):
+        RabbitMQClientTransport(RabbitMQOptions(queue="q", exchange_type=""), _json())
     with pytest.raises(ConfigError):
         RabbitMQServerTransport(RabbitMQOptions(queue="q", queue_options={"nope": 1}), _json())
 
@@ -760,3 +781,195 @@ async def test_publisher_confirms(amqp: str, queue: str) -> None:
         assert await asyncio.gather(*(client.send("echo", i) for i in range(50))) == list(range(50))
         await client.emit("evt", {"n": 1})
         await wait_for(lambda: received == [{"n": 1}])
+
+
+# -- exchanges (NestJS exchange, exchangeType, routingKey, wildcards, exchangeArguments) ----
+
+
+@contextlib.asynccontextmanager
+async def deleted_after(amqp: str, *exchanges: str) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        async with raw_channel(amqp) as channel:
+            for name in exchanges:
+                await channel.exchange_delete(name)
+
+
+async def test_wildcards_route_by_pattern_over_a_topic_exchange(amqp: str, queue: str) -> None:
+    """The server binds every route to the exchange named as its queue; a pattern no route
+    equals goes to the first ``*``/``#`` route matching it, as NestJS routes it."""
+    url = with_queue(amqp, queue, wildcards="true")
+    app = Microservice(url)
+    logged: list[tuple[Any, str | None]] = []
+
+    @app.message_pattern("orders.special")
+    def special(_: Any) -> str:
+        return "exact"
+
+    @app.message_pattern("orders.*")
+    def star(_: Any, context: RabbitMQContext) -> list[Any]:
+        return ["star", context.pattern, context.routing_key]
+
+    @app.message_pattern("audit.#")
+    def hash_(_: Any) -> str:
+        return "hash"
+
+    @app.message_pattern({"cmd": "sum"})
+    def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    @app.event_pattern("log.#")
+    def log(data: Any, context: RabbitMQContext) -> None:
+        logged.append((data, context.routing_key))
+
+    async with deleted_after(amqp, queue), app, create_client(url, timeout=10) as client:
+        assert await client.send("orders.new", None) == ["star", "orders.*", "orders.new"]
+        assert await client.send("orders.special", None) == "exact"
+        assert await client.send("audit.a.b", None) == "hash"
+        assert await client.send("audit", None) == "hash"
+        assert await client.send({"cmd": "sum"}, [1, 2]) == 3
+        await client.emit("log.x.y", 1)
+        await wait_for(lambda: bool(logged))
+        async with raw_channel(amqp) as channel:  # a topic exchange, durable, as NestJS's
+            await channel.declare_exchange(queue, "topic", durable=True, passive=True)
+    assert logged == [(1, "log.x.y")]
+
+
+async def test_fanout_exchange_reaches_every_bound_queue(amqp: str, queue: str) -> None:
+    """``exchange_type=fanout``: the client publishes to the exchange; every server's queue
+    is bound to it with ``''``, so each one gets the event."""
+    exchange = f"{queue}-fan"
+    other = f"{queue}-other"
+    received: dict[str, list[Any]] = {queue: [], other: []}
+
+    def build(name: str) -> Microservice:
+        app = Microservice(with_queue(amqp, name, exchange=exchange, exchange_type="fanout"))
+
+        @app.event_pattern("tick")
+        def tick(data: Any) -> None:
+            received[name].append(data)
+
+        return app
+
+    client_url = with_queue(amqp, queue, exchange=exchange, exchange_type="fanout")
+    try:
+        async with (
+            deleted_after(amqp, exchange),
+            build(queue),
+            build(other),
+            create_client(client_url) as client,
+        ):
+            await client.emit("tick", 7)
+            await wait_for(lambda: all(received.values()))
+    finally:
+        async with raw_channel(amqp) as channel:
+            await channel.queue_delete(other)
+    assert received == {queue: [7], other: [7]}
+
+
+async def test_routing_key_binds_the_queue_and_exchange_arguments_are_declared(
+    amqp: str, queue: str
+) -> None:
+    exchange = f"{queue}-direct"
+    url = with_queue(amqp, queue, exchange=exchange, exchange_type="direct", routing_key="rk")
+    options = RabbitMQOptions.from_url(url)
+    options.exchange_arguments = {"alternate-exchange": f"{queue}-ae"}
+    app = Microservice(transport=RabbitMQServerTransport(options, _json()))
+    received: list[Any] = []
+
+    @app.event_pattern("hello")
+    def hello(data: Any) -> None:
+        received.append(data)
+
+    async with deleted_after(amqp, exchange), app:
+        async with raw_channel(amqp) as channel:
+            target = await channel.get_exchange(exchange)
+            body = orjson.dumps({"pattern": "hello", "data": 1})
+            await target.publish(aio_pika.Message(body), routing_key="other")  # not bound
+            await target.publish(aio_pika.Message(body), routing_key="rk")
+        await wait_for(lambda: bool(received))
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+            async with raw_channel(amqp) as channel:  # declared with other arguments: 406
+                await channel.declare_exchange(exchange, "direct", durable=True)
+    assert received == [1]
+
+
+async def test_wildcards_publish_with_the_pattern_as_routing_key(amqp: str, queue: str) -> None:
+    """A string pattern is the routing key as is, an object one its JSON in the caller's
+    key order (NestJS's ``JSON.stringify``, not the sorted route); over 255 bytes is a
+    ``ProtocolError`` before anything is sent."""
+    url = with_queue(amqp, queue, wildcards="true")
+    async with deleted_after(amqp, queue), raw_channel(amqp) as channel:
+        exchange = await channel.declare_exchange(queue, "topic", durable=True)
+        tap = await channel.declare_queue(exclusive=True)
+        await tap.bind(exchange, "#")
+        async with create_client(url) as client:
+            await client.emit("a.b", 1)
+            await client.emit({"role": "x", "cmd": "y"}, 2)
+            with pytest.raises(ProtocolError):
+                await client.emit("k" * 256, 3)
+        keys = []
+        for _ in range(2):
+            message = await tap.get(timeout=5, fail=False)
+            while message is None:
+                await asyncio.sleep(0.02)
+                message = await tap.get(timeout=5, fail=False)
+            keys.append(message.routing_key)
+            await message.ack()
+    assert keys == ["a.b", '{"role":"x","cmd":"y"}']
+
+
+async def test_a_client_with_exchange_and_routing_key_binds_its_queue(
+    amqp: str, queue: str
+) -> None:
+    """Without ``wildcards``/``fanout`` a NestJS client asserts its queue, binds it to
+    ``exchange`` with ``routing_key``, and still publishes straight to the queue."""
+    exchange = f"{queue}-direct"
+    async with deleted_after(amqp, exchange):
+        async with raw_channel(amqp) as channel:
+            await channel.declare_exchange(exchange, "direct", durable=True)
+        url = with_queue(amqp, queue, exchange=exchange, routing_key="rk")
+        async with create_client(url) as client, raw_channel(amqp) as channel:
+            await client.emit("direct", 1)
+            target = await channel.get_exchange(exchange)
+            body = orjson.dumps({"pattern": "bound", "data": 2})
+            await target.publish(aio_pika.Message(body), routing_key="rk")
+            await wait_for_depth(amqp, queue, 2)
+
+
+async def wait_for_depth(amqp: str, queue: str, n: int) -> None:
+    for _ in range(250):
+        if await ready_count(amqp, queue) >= n:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"queue {queue!r} never held {n} messages")
+
+
+@needs_rabbitmqctl
+async def test_wildcards_survive_connection_drops(amqp: str, queue: str) -> None:
+    """Both sides' connections dropped: the exchange and bindings are declared again on
+    the new channels and wildcard routing goes on."""
+    url = with_queue(amqp, queue, wildcards="true", reconnect_interval="0.2")
+    tag = uuid.uuid4().hex[:8]
+    app = Microservice(url, connection_name=f"pbtest-server-{tag}")
+
+    @app.message_pattern("orders.*")
+    def star(_: Any, context: RabbitMQContext) -> str | None:
+        return context.routing_key
+
+    async with (
+        deleted_after(amqp, queue),
+        app,
+        create_client(url, connection_name=f"pbtest-client-{tag}") as client,
+    ):
+        assert await client.send("orders.a", None) == "orders.a"
+        assert await asyncio.to_thread(_close_connections, f"pbtest-server-{tag}") == 1
+        assert await asyncio.to_thread(_close_connections, f"pbtest-client-{tag}") == 1
+        for _ in range(50):  # the client fails calls until its channel is back
+            with contextlib.suppress(TransportError):
+                assert await client.send("orders.b", None, timeout=15) == "orders.b"
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("never answered after the drops")

@@ -18,6 +18,7 @@ from paho.mqtt.client import topic_matches_sub
 from polybus.abc import ConnectionReporter, Context, MessageSink, RouteSpec
 from polybus.errors import ConfigError
 from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
+from polybus.patterns import WildcardRoutes
 from polybus.serializers import Serializer
 
 from ._client import REPLY_SUFFIX
@@ -83,13 +84,11 @@ class MqttServerTransport(ConnectionReporter):
         self._sink: MessageSink | None = None
         self._link: Link | None = None
         self._subscriptions: list[tuple[str, int]] = []
-        self._routes: set[str] = set()
-        self._filters: list[str] = []  # the routes with wildcards, matched in order
+        self._routes = WildcardRoutes((), "+#", topic_matches_sub)
 
     async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
         self._subscriptions = [self._subscription(spec) for spec in routes]
-        self._routes = {spec.route for spec in routes}
-        self._filters = [route for route in self._routes if "+" in route or "#" in route]
+        self._routes = WildcardRoutes((spec.route for spec in routes), "+#", topic_matches_sub)
         self._sink = sink
         link = Link(
             self.options,
@@ -118,21 +117,13 @@ class MqttServerTransport(ConnectionReporter):
         if link is not None and self._sink is not None:
             await link.subscribe(client, self._subscriptions)
 
-    def _route_of(self, topic: str) -> str | None:
-        if topic in self._routes:
-            return topic
-        for route in self._filters:
-            if topic_matches_sub(route, topic):
-                return route
-        return None
-
     def _on_message(self, message: aiomqtt.Message) -> Awaitable[None] | None:
         sink, link = self._sink, self._link
         if sink is None or link is None:
             return None  # stopping: left unacknowledged, so the broker may deliver it again
         payload = message.payload
         topic = message.topic.value
-        route = self._route_of(topic)
+        route = self._routes.route_of(topic)
         if route is None or not isinstance(payload, (bytes, bytearray)):
             link.ack(message, link.session)
             return None

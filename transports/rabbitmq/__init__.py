@@ -20,6 +20,11 @@ confirm, so ``emit()``/``send()`` resolve only once the broker has the message
 plain aiormq consumers that get the raw ``DeliveredMessage`` (the aio-pika
 ``IncomingMessage`` is built only if a handler asks for ``context.message``).
 
+Exchanges as NestJS 11/12 (docs/PROTOCOL.md §5.5): ``exchange``, ``exchange_type``
+(``topic`` by default), ``routing_key``, ``exchange_arguments`` and ``wildcards`` (the
+server binds every handler route and routes by ``*``/``#`` patterns; the client publishes
+by pattern to the exchange, as it does with a ``fanout`` type).
+
 URL: ``amqp://user:pass@host:5672/vhost?queue=orders&prefetch_count=50&no_ack=false``;
 ``amqps://`` takes ``ca_file``/``cert_file``/``key_file`` (also ``ca``/``cert``/``key``).
 """

@@ -17,7 +17,7 @@ from polybus.packets import (
 )
 from polybus.serializers import Serializer
 
-from ._common import FEATURES, connection_errors, log, transport_error
+from ._common import FEATURES, connection_errors, log, routing_key_of, transport_error
 from ._frames import Properties
 from ._link import Link
 from ._options import RabbitMQOptions
@@ -42,6 +42,8 @@ class RabbitMQClientTransport:
         self._base_headers: dict[str, str] = dict(options.headers or {})
         self._persistent = options.persistent
         self._reply_to = options.reply_queue
+        self._by_pattern = options.publishes_to_exchange
+        self._exchange = options.exchange_name
 
     async def connect(self, sink: ReplySink) -> None:
         self._sink = sink
@@ -119,7 +121,7 @@ class RabbitMQClientTransport:
         props = self._props(
             request.record, request.headers, request.deadline, request.id, self._reply_to
         )
-        await self._publish(link, body, props)
+        await self._publish(link, body, props, request.pattern)
         return no_release
 
     async def publish_event(self, event: Event) -> None:
@@ -127,17 +129,22 @@ class RabbitMQClientTransport:
         if link is None:
             raise TransportError("RabbitMQ client is not connected")
         body = self.options.check_size(encode_event(self._serializer, event))
-        await self._publish(link, body, self._props(event.record, event.headers, None))
+        props = self._props(event.record, event.headers, None)
+        await self._publish(link, body, props, event.pattern)
 
-    async def _publish(self, link: Link, body: bytes, props: Properties) -> None:
-        """Publish to the service queue once the link is up (confirmed when configured)."""
+    async def _publish(self, link: Link, body: bytes, props: Properties, pattern: Any) -> None:
+        """Publish to the service queue, or by pattern to the exchange (NestJS with
+        ``wildcards`` or ``fanout``), once the link is up (confirmed when configured)."""
+        exchange, routing_key = "", self.options.queue
+        if self._by_pattern:
+            exchange, routing_key = self._exchange, routing_key_of(pattern)
         if not link.ready.is_set():
             await link.wait_ready()
         if not link.confirm:
-            link.publish(self.options.queue, body, props)
+            link.publish(routing_key, body, props, exchange)
             await link.drain()
             return
-        confirmation = link.publish_confirmed(self.options.queue, body, props)
+        confirmation = link.publish_confirmed(routing_key, body, props, exchange)
         try:  # a confirm implies the write; a write that fails closes the channel: fails it
             await confirmation
         except connection_errors() as exc:  # nacked

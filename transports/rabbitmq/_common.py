@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from typing import Any
 
 from polybus.abc import Features
-from polybus.errors import TransportError, describe_error
+from polybus.errors import ProtocolError, TransportError, describe_error
+from polybus.patterns import js_number
 
 __all__ = [
     "DEFAULT_SERVER_PREFETCH",
     "DIRECT_REPLY_TO",
     "FEATURES",
     "connection_errors",
+    "routing_key_of",
     "transport_error",
 ]
 
@@ -45,3 +49,17 @@ def connection_errors() -> tuple[type[BaseException], ...]:
 
 def transport_error(what: str, exc: BaseException) -> TransportError:
     return TransportError(f"RabbitMQ {what} failed: {describe_error(exc)}")
+
+
+def routing_key_of(pattern: Any) -> str:
+    """The routing key NestJS publishes a pattern with: a string as is, anything else as
+    ``JSON.stringify`` writes it (the caller's key order, not the sorted route)."""
+    if isinstance(pattern, str):
+        key = pattern
+    elif isinstance(pattern, (int, float)) and not isinstance(pattern, bool):
+        key = js_number(pattern)
+    else:
+        key = json.dumps(pattern, separators=(",", ":"), ensure_ascii=False)
+    if len(key.encode()) > 255:
+        raise ProtocolError(f"RabbitMQ routing keys are at most 255 bytes: {key[:40]!r}...")
+    return key

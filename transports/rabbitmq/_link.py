@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from polybus.config import redact_url
@@ -13,6 +13,7 @@ from polybus.errors import TransportError
 from ._common import connection_errors, log, transport_error
 from ._frames import Properties, append_body_frames, settle_frame
 from ._options import RabbitMQOptions
+from ._topology import declare_topology
 
 if TYPE_CHECKING:
     import aio_pika
@@ -27,7 +28,8 @@ class Link:
     ``on_lost(exc)`` runs when the channel closes without us asking (connection drop,
     channel error); ``on_restored(raw)`` after the channel was reopened (queue declared,
     qos set): consumers are re-registered there before the link is marked ready again.
-    With ``confirm`` the channel is in confirm mode and every publish on it must go through
+    ``routes``: a server's handler routes (its topology, :mod:`._topology`); ``None`` for a
+    client. With ``confirm`` the channel is in confirm mode and every publish on it must go through
     :meth:`publish_confirmed` (which counts the delivery tags the broker confirms).
     """
 
@@ -40,9 +42,11 @@ class Link:
         on_ready: Callable[[], None] | None = None,
         *,
         confirm: bool = False,
+        routes: Sequence[str] | None = None,
     ) -> None:
         self.options = options
         self.confirm = confirm
+        self._routes = routes
         self._prefetch = prefetch
         self._on_lost = on_lost
         self._on_restored = on_restored
@@ -56,7 +60,7 @@ class Link:
         self._out_drain: asyncio.Future[None] | None = None
         self._draining: set[asyncio.Future[None]] = set()
         self._confirming_publishes: set[asyncio.Future[Any]] = set()
-        self._method_cache: dict[str, bytes] = {}
+        self._method_cache: dict[tuple[str, str], bytes] = {}
         self._url = options.urls[0]
         self._confirming: aio_pika.abc.AbstractRobustChannel | None = None
         self._declared: set[str] = set()
@@ -103,15 +107,7 @@ class Link:
             await channel.set_qos(
                 prefetch_count=self._prefetch, global_=options.is_global_prefetch_count
             )
-            if not options.no_assert:
-                durable, exclusive, auto_delete, arguments = options.declare_arguments()
-                await channel.declare_queue(
-                    options.queue,
-                    durable=durable,
-                    exclusive=exclusive,
-                    auto_delete=auto_delete,
-                    arguments=arguments,
-                )
+            await declare_topology(channel, options, self._routes)
             self.raw = await channel.get_underlay_channel()
             await self._on_restored(self.raw)
         except connection_errors() as exc:
@@ -174,15 +170,16 @@ class Link:
 
     # -- publishing ----------------------------------------------------------------------
 
-    def publish(self, routing_key: str, body: bytes, props: Properties) -> None:
-        """Queue one publish to the default exchange; it leaves with this iteration's batch."""
+    def publish(self, routing_key: str, body: bytes, props: Properties, exchange: str = "") -> None:
+        """Queue one publish (to the default exchange unless ``exchange`` names another);
+        it leaves with this iteration's batch."""
         raw = self.raw
         if raw.is_closed:
             raise self._lost_error()
         number: int = raw.number
-        method = self._method_cache.get(routing_key)
+        method = self._method_cache.get((exchange, routing_key))
         if method is None:
-            method = self._method_frame(routing_key, number)
+            method = self._method_frame(exchange, routing_key, number)
         out = self._out
         if not out:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -200,14 +197,14 @@ class Link:
         out.append(settle_frame(raw.number, tag, ok, requeue))
         return True
 
-    def _method_frame(self, routing_key: str, number: int) -> bytes:
+    def _method_frame(self, exchange: str, routing_key: str, number: int) -> bytes:
         from pamqp.commands import Basic
         from pamqp.frame import marshal
 
         if len(self._method_cache) > 1024:
             self._method_cache.clear()
-        method = marshal(Basic.Publish(exchange="", routing_key=routing_key), number)
-        self._method_cache[routing_key] = method
+        method = marshal(Basic.Publish(exchange=exchange, routing_key=routing_key), number)
+        self._method_cache[exchange, routing_key] = method
         return method
 
     async def drain(self) -> None:
@@ -240,14 +237,14 @@ class Link:
             asyncio.get_running_loop().create_task(queue.put(frame))
 
     def publish_confirmed(
-        self, routing_key: str, body: bytes, props: Properties
+        self, routing_key: str, body: bytes, props: Properties, exchange: str = ""
     ) -> asyncio.Future[Any]:
         """:meth:`publish`, on a channel in confirm mode, returning the future of the
         broker's confirm. Only this path publishes on that channel, so its delivery tags
         are ours to count; aiormq resolves the future when the ack (or nack: an error)
         arrives, and a channel that closes first fails it."""
         raw = self.raw
-        self.publish(routing_key, body, props)
+        self.publish(routing_key, body, props, exchange)
         raw.delivery_tag += 1
         confirmation: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         raw.confirmations[raw.delivery_tag] = confirmation

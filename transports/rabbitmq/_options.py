@@ -73,6 +73,24 @@ class RabbitMQOptions(TransportOptions):
     cert_file: str | None = None
     key_file: str | None = None
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    exchange: str | None = None
+    """NestJS ``exchange``: with ``wildcards`` or a ``fanout`` type the client publishes to
+    it (default: the queue's name); the server declares it and binds its queue to it."""
+    exchange_type: str = "topic"
+    """NestJS ``exchangeType``: ``topic`` (default), ``fanout``, ``direct``, ``headers``, or
+    a plugin's type; the exchange is declared durable with this type."""
+    routing_key: str | None = None
+    """NestJS ``routingKey``: the binding key of the queue to ``exchange`` (ignored by a
+    ``fanout`` exchange, which is bound with ``''``)."""
+    wildcards: bool = False
+    """NestJS ``wildcards``: the server binds its queue with every handler route and routes
+    a pattern no route equals to the first ``*``/``#`` handler route matching it
+    (``.``-separated words); the client publishes to ``exchange`` with routing key = the
+    pattern (a string as is, else compact JSON in the caller's key order). As with NestJS,
+    the client declares only the exchange: what it publishes before a server bound its
+    queue, or under a key no binding matches, the broker drops (a request times out)."""
+    exchange_arguments: dict[str, Any] = field(default_factory=dict)
+    """NestJS ``exchangeArguments``: the ``arguments`` of the exchange declaration."""
 
     @classmethod
     def from_url(cls, url: str) -> RabbitMQOptions:
@@ -85,16 +103,6 @@ class RabbitMQOptions(TransportOptions):
         options = dict(options)
         urls = options.pop("urls", None)
         socket = options.pop("socketOptions", None) or options.pop("socket_options", None) or {}
-        for unsupported in (
-            "exchange",
-            "exchangeType",
-            "routingKey",
-            "wildcards",
-            "exchangeArguments",
-        ):
-            if options.get(unsupported):
-                raise ConfigError(f"the RabbitMQ option {unsupported!r} is not supported yet")
-            options.pop(unsupported, None)
         result = cls().with_overrides(options)
         if urls is not None:
             if isinstance(urls, str):
@@ -152,7 +160,26 @@ class RabbitMQOptions(TransportOptions):
             query["name"] = self.connection_name
         return f"{url}?{urlencode(query)}"
 
+    @property
+    def publishes_to_exchange(self) -> bool:
+        """Whether the client publishes to :attr:`exchange_name` by pattern (NestJS: with
+        ``wildcards`` or a ``fanout`` exchange; otherwise straight to the queue)."""
+        return self.wildcards or self.exchange_type == "fanout"
+
+    @property
+    def uses_exchange(self) -> bool:
+        """Whether the server declares an exchange (NestJS: ``exchange`` or ``wildcards``)."""
+        return bool(self.exchange) or self.wildcards
+
+    @property
+    def exchange_name(self) -> str:
+        return self.exchange or self.queue
+
     def validate(self) -> None:
         if not self.queue:
             raise ConfigError("the RabbitMQ transport needs a queue (URL ?queue=... or queue=...)")
+        if not self.exchange_type:
+            raise ConfigError("the RabbitMQ exchange_type must not be empty")
+        if not isinstance(self.exchange_arguments, dict):
+            raise ConfigError("the RabbitMQ exchange_arguments must be a mapping")
         self.declare_arguments()

@@ -8,11 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 from polybus.abc import ConnectionReporter, ConnectionStatus, Context, MessageSink, RouteSpec
 from polybus.config import redact_url
-from polybus.errors import TransportError
+from polybus.errors import ProtocolError, TransportError
 from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
+from polybus.patterns import WildcardRoutes, route_from_wire, to_route
 from polybus.serializers import Serializer
 
-from ._common import DEFAULT_SERVER_PREFETCH, FEATURES, connection_errors, log, transport_error
+from ._common import (
+    DEFAULT_SERVER_PREFETCH,
+    FEATURES,
+    connection_errors,
+    log,
+    routing_key_of,
+    transport_error,
+)
 from ._dead_letter import dead_letter
 from ._frames import Properties
 from ._link import Link
@@ -33,6 +41,8 @@ class RabbitMQContext(Context):
     - ``message``: the aio-pika ``IncomingMessage`` (built on first access)
     - ``channel``: the aio-pika channel the message arrived on
     - ``headers``: the AMQP headers as strings; ``reply_to``, ``correlation_id``
+    - ``routing_key``: the key it was published with (with ``wildcards``: the pattern as
+      the client wrote it; ``pattern`` is then the ``*``/``#`` route that matched it)
     - ``ack()`` / ``nack(requeue=False)``: settle the message yourself (only with the server
       option ``no_ack=False``; no-ops otherwise). Without them, the server acks once the
       handler succeeded and rejects (no requeue) when it failed.
@@ -59,6 +69,10 @@ class RabbitMQContext(Context):
         self._server = server
         self._message: aio_pika.abc.AbstractIncomingMessage | None = None
         self._settled = server.options.no_ack
+
+    @property
+    def routing_key(self) -> str | None:
+        return self.delivered.routing_key
 
     @property
     def properties(self) -> Basic.Properties:
@@ -133,17 +147,22 @@ class RabbitMQServerTransport(ConnectionReporter):
         self._consumer_tag: str | None = None
         self._stopping = False
         self._last_link: Link | None = None
+        self._wildcards: WildcardRoutes | None = None
 
     async def listen(self, routes: Sequence[RouteSpec], sink: MessageSink) -> None:
         self._sink = sink
         self._stopping = False
         prefetch = self.options.prefetch_count
+        names = [spec.route for spec in routes]
+        wildcards = WildcardRoutes(names, "*#", matches_topic)
+        self._wildcards = wildcards if self.options.wildcards and wildcards.wildcards else None
         link = Link(
             self.options,
             DEFAULT_SERVER_PREFETCH if prefetch is None else prefetch,
             self._lost,
             self._consume,
             lambda: self.report_connection(ConnectionStatus.CONNECTED),
+            routes=names,
         )
         self._link = link
         try:
@@ -186,9 +205,12 @@ class RabbitMQServerTransport(ConnectionReporter):
             return
         raw_headers = message.header.properties.headers
         headers = _text_headers(raw_headers) if raw_headers else None
+        pattern = incoming.pattern
+        if self._wildcards is not None:
+            pattern = _wildcard_route(self._wildcards, pattern)
         await sink(
             RabbitMQContext(
-                incoming.pattern,
+                pattern,
                 incoming.data,
                 incoming.id,
                 headers,
@@ -247,6 +269,42 @@ class RabbitMQServerTransport(ConnectionReporter):
     def __repr__(self) -> str:
         url = self._link.url if self._link else redact_url(self.options.urls[0])
         return f"RabbitMQServerTransport({url} queue={self.options.queue!r})"
+
+
+def matches_topic(pattern: str, key: str) -> bool:
+    """Whether a ``*``/``#`` handler pattern matches a pattern string, as NestJS's
+    ``ServerRMQ.matchRmqPattern`` decides (``.``-separated words; ``*`` one word, ``#``
+    the rest only as the last word; not the broker's own topic matching)."""
+    if not key:
+        return pattern == "#"
+    words = pattern.split(".")
+    keys = key.split(".")
+    last = len(words) - 1
+    for i, word in enumerate(words):
+        current = keys[i] if i < len(keys) else ""
+        if not current and not word:
+            continue
+        if not current and word != "#":
+            return False
+        if word == "#":
+            return i == last
+        if word not in ("*", current):
+            return False
+    return len(words) == len(keys)
+
+
+def _wildcard_route(routes: WildcardRoutes, pattern: Any) -> Any:
+    """The pattern a message is dispatched on under ``wildcards``: its own when a handler
+    route equals its route, else the first ``*``/``#`` route matching it as a string."""
+    try:
+        route = route_from_wire(pattern) if isinstance(pattern, str) else to_route(pattern)
+        if route in routes.exact:
+            return pattern
+        matched = routes.match(routing_key_of(pattern))
+    except (TypeError, ValueError, RecursionError, ProtocolError):
+        # unroutable, or no routing key: the core's no-handler path answers it
+        return pattern
+    return pattern if matched is None else matched
 
 
 async def _no_restore(raw: Any) -> None:

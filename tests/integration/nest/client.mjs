@@ -2,12 +2,13 @@
 // fail and the order_placed event (see server.mjs), configured by the same env
 // vars. Prints exactly one JSON line on stdout, then exits:
 //   {"sum":<reply>,"stream":[<items>],"fail":<err value>,"emitted":true}   exit 0
+//   (plus "wild" with NEST_WILDCARD_SEND, "none" and "ticks" with NEST_PARITY=1)
 //   {"error":"<message>"}                                                  exit 1
 // Nest's logs go to stderr.
 import { Logger } from '@nestjs/common';
 import { ClientProxyFactory } from '@nestjs/microservices';
 import { firstValueFrom, lastValueFrom, map, timeout, toArray, TimeoutError } from 'rxjs';
-import { IS_KAFKA, PATTERNS, StderrLogger, transportConfig, writeLine } from './common.mjs';
+import { IS_KAFKA, PATTERNS, StderrLogger, WILDCARD_SEND, transportConfig, writeLine } from './common.mjs';
 
 Logger.overrideLogger(new StderrLogger());
 
@@ -75,7 +76,14 @@ async function main() {
     }),
   );
 
-  if (process.env.NEST_PARITY !== '1') return { sum, stream, fail, emitted: true };
+  const result = { sum, stream, fail, emitted: true };
+  if (WILDCARD_SEND) {
+    result.wild = await withStep(
+      'wild',
+      firstValueFrom(client.send(WILDCARD_SEND, 'w').pipe(timeout(TIMEOUT_MS))),
+    );
+  }
+  if (process.env.NEST_PARITY !== '1') return result;
 
   // What a caller that moves to polybus one service at a time would notice: a handler
   // returning nothing (firstValueFrom must get a value, not EmptyError), and when each item
@@ -94,7 +102,7 @@ async function main() {
       ),
     ),
   );
-  return { sum, stream, fail, emitted: true, none, ticks };
+  return { ...result, none, ticks };
 }
 
 let result;

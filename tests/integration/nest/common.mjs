@@ -66,6 +66,20 @@ export const PATTERNS = IS_KAFKA
       ticks: `${PREFIX}ticks`,
     };
 
+/** Milliseconds between the items of the `ticks` stream (NEST_PARITY=1). */
+export const TICK_MS = 100;
+
+/**
+ * With NEST_WILDCARD=W the server also handles the wildcard pattern W (a string, in the
+ * transport's wildcard syntax) and answers `{wild: <data>}`; with NEST_WILDCARD_SEND=S the
+ * client also sends 'w' to the concrete pattern S and reports the answer as `wild`.
+ */
+export const WILDCARD = env.NEST_WILDCARD;
+export const WILDCARD_SEND = env.NEST_WILDCARD_SEND;
+
+/** NEST_OPTIONS: a JSON object merged over the transport options (e.g. RMQ `exchange`). */
+const EXTRA_OPTIONS = env.NEST_OPTIONS ? JSON.parse(env.NEST_OPTIONS) : {};
+
 function redisOptions(url) {
   const u = new URL(url);
   const opts = { host: u.hostname || '127.0.0.1', port: Number(u.port || 6379) };
@@ -81,6 +95,11 @@ function redisOptions(url) {
  * `role` is 'server' or 'client' (only used for Kafka client/group ids).
  */
 export function transportConfig(role) {
+  const config = baseConfig(role);
+  return { ...config, options: { ...config.options, ...EXTRA_OPTIONS } };
+}
+
+function baseConfig(role) {
   switch (TRANSPORT_NAME) {
     case 'TCP':
       return {

@@ -28,8 +28,9 @@ import os
 import shutil
 import signal
 import socket
+import time
 import uuid
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -65,6 +66,15 @@ def node_available() -> str | None:
 def unique_prefix() -> str:
     """A fresh NEST_PREFIX, valid for every transport (Kafka topics included)."""
     return f"pb{uuid.uuid4().hex[:12]}_"
+
+
+async def wait_until(check: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it is true; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:

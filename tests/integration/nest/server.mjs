@@ -1,4 +1,5 @@
-// A real NestJS 12 microservice with four handlers (sum, stream, fail, event).
+// A real NestJS 12 microservice with four handlers (sum, stream, fail, event), plus none
+// and ticks with NEST_PARITY=1 and a wildcard handler with NEST_WILDCARD (common.mjs).
 // Configured by env vars (see README.md / common.mjs). stdout carries exactly:
 //   READY                                   once app.listen() has resolved
 //   {"event":"<pattern>","data":<data>}     one line per received event
@@ -6,8 +7,8 @@
 import { Controller, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { EventPattern, MessagePattern, RpcException } from '@nestjs/microservices';
-import { concat, ignoreElements, interval, map, take, timer } from 'rxjs';
-import { PATTERNS, StderrLogger, transportConfig, writeLine } from './common.mjs';
+import { concat, ignoreElements, interval, map, take, tap, timer } from 'rxjs';
+import { PATTERNS, StderrLogger, TICK_MS, WILDCARD, transportConfig, writeLine } from './common.mjs';
 
 function toNumbers(data) {
   // Kafka: the record value goes through KafkaParser (JSON only when it starts
@@ -40,6 +41,23 @@ class InteropController {
   async orderPlaced(data) {
     await writeLine({ event: PATTERNS.event, data });
   }
+
+  none() {
+    return null;
+  }
+
+  ticks() {
+    // 0, 1, 2, one every TICK_MS; each emission is reported as an event line with its time,
+    // so that a caller can tell how late it got each item.
+    return interval(TICK_MS).pipe(
+      take(3),
+      tap((item) => void writeLine({ event: PATTERNS.ticks, data: { item, at: Date.now() } })),
+    );
+  }
+
+  wild(data) {
+    return { wild: data };
+  }
 }
 
 // No decorator syntax in plain Node: apply the decorators by hand.
@@ -51,6 +69,11 @@ decorateMethod(InteropController, 'sum', MessagePattern(PATTERNS.sum));
 decorateMethod(InteropController, 'stream', MessagePattern(PATTERNS.stream));
 decorateMethod(InteropController, 'fail', MessagePattern(PATTERNS.fail));
 decorateMethod(InteropController, 'orderPlaced', EventPattern(PATTERNS.event));
+if (process.env.NEST_PARITY === '1') {
+  decorateMethod(InteropController, 'none', MessagePattern(PATTERNS.none));
+  decorateMethod(InteropController, 'ticks', MessagePattern(PATTERNS.ticks));
+}
+if (WILDCARD) decorateMethod(InteropController, 'wild', MessagePattern(WILDCARD));
 Reflect.decorate([Controller()], InteropController);
 
 class AppModule {}
