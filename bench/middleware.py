@@ -7,7 +7,7 @@ the same session.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from polybus import ClientMiddleware, ServerMiddleware
@@ -26,7 +26,31 @@ def prometheus() -> list[Any]:
     return [PrometheusMiddleware(registry=CollectorRegistry())]
 
 
+def otel() -> list[Any]:
+    """polybus.otel (the ``[otel]`` extra) on an SDK TracerProvider of its own that records
+    every span (the default sampler) and exports it to nowhere: the cost of making, filling
+    and ending spans and of the trace context in the headers, not of shipping spans. The
+    server's frames carry no ``traceparent``: its spans start traces of their own."""
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from polybus.otel import Tracing
+
+    class Dropping(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Dropping()))
+    return [Tracing(tracer_provider=provider)]
+
+
 SETS: dict[str, Callable[[], list[Any]]] = {
     "noop": lambda: [PassThrough()],
     "prometheus": prometheus,
+    "otel": otel,
 }

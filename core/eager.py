@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import sys
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 __all__ = ["result_or_task", "start_eagerly"]
@@ -55,8 +55,9 @@ else:
         finished, first = context.run(_first_step, coro)
         if finished:
             return None
-        # created inside the context: the Task runs in a copy of what the first step left
-        return context.run(loop.create_task, _resume(coro, first))
+        # Every later step runs in the same context object as the first (a Task would run
+        # them in a copy of it): a ContextVar set before the suspension can be reset after.
+        return loop.create_task(_resume(coro, first, context))
 
     def result_or_task(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
@@ -85,18 +86,30 @@ else:
         return False, first
 
     @types.coroutine
-    def _resume(coro: Coroutine[Any, Any, T], first: Any) -> Generator[Any, None, T]:
-        """Hand the future ``coro`` stopped on to the Task, then delegate to ``coro``
-        (``yield from`` forwards sends and throws, cancellation included, as ``await`` does)."""
+    def _resume(
+        coro: Coroutine[Any, Any, T], first: Any, context: contextvars.Context | None = None
+    ) -> Generator[Any, None, T]:
+        """Hand the future ``coro`` stopped on to the Task, then drive ``coro`` as ``await``
+        does (sends and throws forwarded, cancellation included), each step in ``context``
+        when one is given."""
+        run = context.run if context is not None else _call
         if getattr(first, "_asyncio_future_blocking", None) is False:
             first._asyncio_future_blocking = True  # a Task expects it set on a yielded future
-        try:
-            yield first
-        except BaseException as exc:
+        following = first
+        while True:
+            step: Callable[[Any], Any]
+            argument: Any
             try:
-                following = coro.throw(exc)
+                value = yield following
+            except BaseException as exc:
+                step, argument = coro.throw, exc
+            else:
+                step, argument = coro.send, value
+            try:
+                following = run(step, argument)
             except StopIteration as stop:
                 result: T = stop.value
                 return result
-            return (yield from _resume(coro, following))
-        return (yield from coro.__await__())
+
+    def _call(step: Any, argument: Any) -> Any:
+        return step(argument)

@@ -97,6 +97,22 @@ async def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
     return True
 
 
+def otel_env(spans: Path) -> dict[str, str]:
+    """Env for a NestJS side traced by the OpenTelemetry JS SDK with the kafkajs and
+    amqplib instrumentations (``otel.mjs``); its spans go to ``spans`` (see read_spans)."""
+    preload = (NEST_DIR / "otel.mjs").as_uri()
+    return {"NEST_OTEL_SPANS": str(spans), "NODE_OPTIONS": f"--import={preload}"}
+
+
+def read_spans(spans: Path) -> list[dict[str, Any]]:
+    """The spans a NestJS side started with otel_env() has ended so far: dicts with
+    ``traceId``, ``spanId``, ``parentSpanId`` (hex, None for a root), ``name``, ``kind``
+    (``"PRODUCER"``...), ``attributes``."""
+    if not spans.exists():
+        return []
+    return [json.loads(line) for line in spans.read_text().splitlines() if line]
+
+
 def _child_env(transport: str, env: Mapping[str, str]) -> dict[str, str]:
     name = transport.upper()
     if name not in TRANSPORTS:
