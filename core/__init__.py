@@ -14,7 +14,14 @@
         assert await client.send({"cmd": "sum"}, [1, 2, 3]) == 6
 """
 
-from .abc import ClientTransport, ConnectionStatus, Context, Features, ServerTransport
+from .abc import (
+    ClientTransport,
+    ConnectionStatus,
+    Context,
+    Features,
+    ServerStatus,
+    ServerTransport,
+)
 from .client import DEFAULT_TIMEOUT, Call, ClientProxy
 from .config import redact_url
 from .errors import (
@@ -28,6 +35,7 @@ from .errors import (
     TransportError,
 )
 from .handlers import event_pattern, message_pattern
+from .logcontext import LogContextFilter, log_fields
 from .middleware import ClientMiddleware, Inbound, Outgoing, ServerMiddleware
 from .packets import Record
 from .plugins import TransportSpec, register_transport
@@ -50,6 +58,7 @@ __all__ = [
     "Features",
     "Inbound",
     "JsonSerializer",
+    "LogContextFilter",
     "Microservice",
     "MsgpackSerializer",
     "NoRespondersError",
@@ -62,12 +71,14 @@ __all__ = [
     "RpcException",
     "Serializer",
     "ServerMiddleware",
+    "ServerStatus",
     "ServerTransport",
     "TransportError",
     "TransportSpec",
     "client_property",
     "create_client",
     "event_pattern",
+    "log_fields",
     "message_pattern",
     "redact_url",
     "register_transport",

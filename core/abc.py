@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClientTransport",
+    "ConnectionReporter",
     "ConnectionStatus",
     "Context",
     "Features",
@@ -31,7 +32,9 @@ __all__ = [
     "Release",
     "ReplyPublisher",
     "ReplySink",
+    "ReportsConnection",
     "RouteSpec",
+    "ServerStatus",
     "ServerTransport",
     "SupportsCleanup",
     "no_release",
@@ -46,6 +49,22 @@ class ConnectionStatus(str, enum.Enum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     CLOSED = "closed"
+
+
+class ServerStatus(str, enum.Enum):
+    """Lifecycle state of a :class:`polybus.Microservice` (``app.status``)."""
+
+    STARTING = "starting"
+    """``listen()`` is running: startup hooks, then the transport's subscriptions."""
+    LISTENING = "listening"
+    """Receiving messages."""
+    RECONNECTING = "reconnecting"
+    """The transport lost its broker connection and is restoring it: nothing is received."""
+    STOPPING = "stopping"
+    """``close()`` is running: the ``on_shutdown`` hooks, then intake stops and in-flight
+    handlers drain."""
+    STOPPED = "stopped"
+    """Not listening (never started, closed, or a ``listen()`` that failed)."""
 
 
 @dataclass(frozen=True)
@@ -303,3 +322,31 @@ class ServerTransport(Protocol):
     async def stop(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReportsConnection(Protocol):
+    """Optional: a server transport that tells core when its broker connection drops and
+    comes back, for :attr:`polybus.Microservice.status`.
+
+    Core calls ``watch_connection`` once, before ``listen``. The adapter then calls
+    ``listener(ConnectionStatus.CONNECTED)`` when the connection is back (subscriptions
+    restored) and any other status (``DISCONNECTED``, ``RECONNECTING``...) while it is down.
+    :class:`ConnectionReporter` implements it."""
+
+    def watch_connection(self, listener: Callable[[ConnectionStatus], None]) -> None: ...
+
+
+class ConnectionReporter:
+    """Implements :class:`ReportsConnection`: an adapter inherits it and calls
+    :meth:`report_connection` (a no-op until core watches)."""
+
+    _connection_listener: Callable[[ConnectionStatus], None] | None = None
+
+    def watch_connection(self, listener: Callable[[ConnectionStatus], None]) -> None:
+        self._connection_listener = listener
+
+    def report_connection(self, status: ConnectionStatus) -> None:
+        listener = self._connection_listener
+        if listener is not None:
+            listener(status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
@@ -10,21 +11,37 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from .abc import Context, RouteSpec, ServerTransport
+from .abc import (
+    ConnectionStatus,
+    Context,
+    ReportsConnection,
+    RouteSpec,
+    ServerStatus,
+    ServerTransport,
+)
 from .eager import start_eagerly
 from .errors import ConfigError, RpcException, describe_error, short_repr
 from .handlers import HANDLERS_ATTR, Handler, HandlerMark
+from .logcontext import MESSAGE, LogContextFilter
 from .middleware import STREAMED, Inbound, ServerMiddleware, check_middleware, server_chain
 from .packets import MISSING, Reply
 from .patterns import route_from_wire, to_route
 from .policy import DEFAULT_POLICY, FailurePolicy
 from .slots import Slots
 
-__all__ = ["DEFAULT_GRACE", "DEFAULT_MAX_CONCURRENCY", "Microservice"]
+__all__ = ["DEFAULT_GRACE", "DEFAULT_MAX_CONCURRENCY", "Hook", "Microservice", "StatusListener"]
 
 log = logging.getLogger("polybus.server")
+log.addFilter(LogContextFilter())  # its records about a message name its route and id
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+Hook = Callable[[], Any]
+"""A lifecycle hook: a function of no arguments, sync or async (its awaitable is awaited)."""
+
+H = TypeVar("H", bound=Hook)
+
+StatusListener = Callable[[ServerStatus], None]
 
 DEFAULT_MAX_CONCURRENCY = 1024
 """Handlers running at once; beyond it, intake waits (back-pressure to the transport)."""
@@ -43,6 +60,15 @@ class Microservice:
     starts serving; ``await app.close()`` stops intake, drains in-flight handlers (up to
     ``grace`` seconds) and closes the transport; ``await app.run()`` serves until SIGINT or
     SIGTERM.
+
+    Lifecycle hooks, FastStream's four (``@app.on_startup`` or the keyword of that name, any
+    number of each, run in registration order, sync or async, no arguments):
+    ``on_startup`` before the transport connects, ``after_startup`` once it receives,
+    ``on_shutdown`` when ``close()`` begins (still receiving), ``after_shutdown`` once the
+    transport is closed. A startup hook that raises aborts ``listen()``: what was opened is
+    closed and the shutdown hooks do not run. A shutdown hook that raises is logged and the
+    shutdown goes on. ``status`` / ``watch_status()`` report the :class:`ServerStatus`;
+    ``await app.wait_ready()`` returns once ``listen()`` has (for a ``run()`` in a task).
     """
 
     def __init__(
@@ -56,6 +82,10 @@ class Microservice:
         name: str | None = None,
         on_failure: FailurePolicy = DEFAULT_POLICY,
         middleware: Sequence[ServerMiddleware] = (),
+        on_startup: Sequence[Hook] = (),
+        after_startup: Sequence[Hook] = (),
+        on_shutdown: Sequence[Hook] = (),
+        after_shutdown: Sequence[Hook] = (),
         **options: Any,
     ) -> None:
         self._target = target
@@ -79,7 +109,20 @@ class Microservice:
         self._inflight: set[asyncio.Task[None]] = set()
         self._listening = False
         self._closing = False
+        self._intake_stopped = False
+        """Set once ``close()`` stops intake (after the ``on_shutdown`` hooks)."""
         self._stopped: asyncio.Event | None = None
+        self._hooks: dict[str, list[Hook]] = {
+            "on_startup": list(on_startup),
+            "after_startup": list(after_startup),
+            "on_shutdown": list(on_shutdown),
+            "after_shutdown": list(after_shutdown),
+        }
+        self._status = ServerStatus.STOPPED
+        self._status_listeners: list[StatusListener] = []
+        self._ready: asyncio.Future[None] | None = None
+        """Resolved when a ``listen()`` returns, failed or cancelled when it does not;
+        replaced by the next ``listen()`` or a ``close()``."""
 
     # -- registration --------------------------------------------------------------------
 
@@ -140,6 +183,76 @@ class Microservice:
                 specs.append(RouteSpec(route, "event", options))
         return specs
 
+    # -- lifecycle hooks -----------------------------------------------------------------
+
+    def on_startup(self, fn: H) -> H:
+        """Register ``fn`` to run when ``listen()`` begins, before the transport connects."""
+        self._hooks["on_startup"].append(fn)
+        return fn
+
+    def after_startup(self, fn: H) -> H:
+        """Register ``fn`` to run once the transport receives, before ``listen()`` returns."""
+        self._hooks["after_startup"].append(fn)
+        return fn
+
+    def on_shutdown(self, fn: H) -> H:
+        """Register ``fn`` to run when ``close()`` begins, while the transport still receives."""
+        self._hooks["on_shutdown"].append(fn)
+        return fn
+
+    def after_shutdown(self, fn: H) -> H:
+        """Register ``fn`` to run once ``close()`` has closed the transport."""
+        self._hooks["after_shutdown"].append(fn)
+        return fn
+
+    async def _run_hooks(self, stage: str) -> None:
+        for hook in list(self._hooks[stage]):
+            await _call_hook(hook)
+
+    async def _run_hooks_logged(self, stage: str) -> None:
+        """Run the hooks of a shutdown stage; one that raises is logged, the others run."""
+        for hook in list(self._hooks[stage]):
+            try:
+                await _call_hook(hook)
+            except Exception:
+                log.exception("%s hook %s failed", stage, getattr(hook, "__qualname__", hook))
+
+    # -- status --------------------------------------------------------------------------
+
+    @property
+    def status(self) -> ServerStatus:
+        return self._status
+
+    def watch_status(self, listener: StatusListener) -> Callable[[], None]:
+        """Call ``listener`` on every status change; returns an unsubscribe."""
+        self._status_listeners.append(listener)
+        return lambda: self._status_listeners.remove(listener)
+
+    def _set_status(self, status: ServerStatus) -> None:
+        if status is self._status:
+            return
+        self._status = status
+        for listener in list(self._status_listeners):
+            try:
+                listener(status)
+            except Exception:
+                log.exception("server status listener failed")
+
+    def _on_connection(self, status: ConnectionStatus) -> None:
+        """The transport's connection report: only a listening server changes with it."""
+        if self._status is ServerStatus.LISTENING and status is not ConnectionStatus.CONNECTED:
+            self._set_status(ServerStatus.RECONNECTING)
+        elif self._status is ServerStatus.RECONNECTING and status is ConnectionStatus.CONNECTED:
+            self._set_status(ServerStatus.LISTENING)
+
+    async def wait_ready(self) -> None:
+        """Wait until ``listen()`` (or ``run()``) has returned or started serving: messages
+        published from then on are handled. Raises what made that ``listen()`` fail
+        (``CancelledError`` if it was cancelled). Cancelling the wait cancels nothing else."""
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._ready)
+
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
@@ -157,22 +270,61 @@ class Microservice:
         return len(self._inflight)
 
     async def listen(self) -> None:
-        """Start receiving; returns once messages published from now on are handled."""
+        """Start receiving; returns once messages published from now on are handled.
+
+        Runs the ``on_startup`` hooks, the transport's ``listen``, then the
+        ``after_startup`` hooks. If any of it raises or is cancelled (a long Kafka group
+        join, say), the transport is closed before the error propagates: nothing stays
+        open and ``close()`` has nothing to do."""
         if self._listening:
             return
-        transport = self.transport
-        self._check_policies(transport)
-        self._compose(transport)
+        loop = self._loop = asyncio.get_running_loop()
+        if self._ready is None or self._ready.done():
+            self._ready = loop.create_future()
+        ready = self._ready
+        try:
+            transport = self.transport
+            self._check_policies(transport)
+            self._compose(transport)
+        except BaseException as exc:  # a configuration error: nothing opened yet
+            _fail_ready(ready, exc)
+            raise
         self._slots = Slots(self.max_concurrency)
-        self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._listening = True
+        self._set_status(ServerStatus.STARTING)
         try:
+            await self._run_hooks("on_startup")
+            if isinstance(transport, ReportsConnection):
+                transport.watch_connection(self._on_connection)
             await transport.listen(self.routes(), self._accept)
-        except BaseException:
-            self._listening = False
+            self._set_status(ServerStatus.LISTENING)
+            await self._run_hooks("after_startup")
+        except BaseException as exc:
+            await self._abort(transport)
+            _fail_ready(ready, exc)
             raise
+        if not ready.done():
+            ready.set_result(None)
         log.info("%s listening on %s routes", self.name or "microservice", len(self.routes()))
+
+    async def _abort(self, transport: ServerTransport) -> None:
+        """Undo a ``listen()`` that did not complete: stop intake, cancel what it started
+        (those messages stay unsettled, so the broker delivers them again), close the
+        transport (what a cancelled broker join left open too)."""
+        self._intake_stopped = True
+        try:
+            await transport.stop()
+            await self.drain(0)
+        except Exception:
+            log.exception("stopping %s after a failed listen() failed", transport)
+        finally:
+            try:
+                await transport.close()
+            except Exception:
+                log.exception("closing %s after a failed listen() failed", transport)
+            self._listening = self._intake_stopped = False
+            self._set_status(ServerStatus.STOPPED)
 
     def _check_policies(self, transport: ServerTransport) -> None:
         """A failure policy that dead-letters needs a transport that can (checked at setup)."""
@@ -197,16 +349,24 @@ class Microservice:
         if not self._listening or self._closing:
             return
         self._closing = True
+        self._set_status(ServerStatus.STOPPING)
         transport = self.transport
         try:
+            await self._run_hooks_logged("on_shutdown")
+            self._intake_stopped = True
             await transport.stop()
             await self.drain(self.grace if grace is None else grace)
         finally:
-            await transport.close()
-            self._listening = False
-            self._closing = False
-            if self._stopped is not None:
-                self._stopped.set()
+            try:
+                await transport.close()
+            finally:
+                self._listening = False
+                self._closing = self._intake_stopped = False
+                self._ready = None
+                self._set_status(ServerStatus.STOPPED)
+                if self._stopped is not None:
+                    self._stopped.set()
+        await self._run_hooks_logged("after_shutdown")
 
     async def drain(self, timeout: float) -> None:
         """Wait for in-flight handlers; cancel the ones still running after ``timeout``."""
@@ -261,7 +421,7 @@ class Microservice:
     async def _accept(self, context: Context) -> None:
         """The ``MessageSink``: take a slot, start handling, go on in the background once
         the handler waits (see :mod:`polybus.eager`)."""
-        if self._closing:
+        if self._intake_stopped:
             return  # left unsettled: redelivered where the broker keeps it, not rejected
         slots = self._slots
         loop = self._loop
@@ -309,12 +469,14 @@ class Microservice:
         return self._handle_request(route, context)
 
     async def _reject_unroutable(self, context: Context, exc: Exception) -> None:
+        MESSAGE.set((None, context.id if context.is_request else None))
         log.warning("unroutable pattern %s: %s", short_repr(context.pattern), describe_error(exc))
         if context.is_request:
             await _reply_quietly(context, Reply.no_handler(context.id))
         await _settle_quietly(context, False)
 
     async def _handle_request(self, route: str, context: Context) -> None:
+        MESSAGE.set((route, context.id))
         handler = self._messages.get(route)
         if handler is None:
             await self._handle_unknown_request(route, context)
@@ -389,6 +551,7 @@ class Microservice:
         return result
 
     async def _handle_event(self, route: str, context: Context) -> None:
+        MESSAGE.set((route, None))
         handlers = self._events.get(route)
         if not handlers:
             message = self._messages.get(route)
@@ -477,7 +640,27 @@ class Microservice:
         return False
 
     def __repr__(self) -> str:
-        return f"<Microservice {self.name or ''} handlers={len(self.handlers)}>"
+        return (
+            f"<Microservice {self.name or ''} handlers={len(self.handlers)}"
+            f" status={self._status.value}>"
+        )
+
+
+async def _call_hook(hook: Hook) -> None:
+    result = hook()
+    if inspect.isawaitable(result):
+        await result
+
+
+def _fail_ready(ready: asyncio.Future[None], exc: BaseException) -> None:
+    """What ``wait_ready()`` raises for a ``listen()`` that failed with ``exc``."""
+    if ready.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        ready.cancel()
+    else:
+        ready.set_exception(exc)
+        ready.exception()  # retrieved: only the waiters, if any, raise it
 
 
 def _error_payload(exc: Exception, handler: Handler) -> Any:

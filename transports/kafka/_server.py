@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 
-from polybus.abc import MessageSink, RouteSpec
+from polybus.abc import ConnectionReporter, ConnectionStatus, MessageSink, RouteSpec
 from polybus.errors import PolybusError, TransportError
 from polybus.serializers import Serializer
 
@@ -60,7 +60,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._server._assign(assigned)
 
 
-class KafkaServerTransport:
+class KafkaServerTransport(ConnectionReporter):
     """Consumes the handler topics in a consumer group; replies with a shared producer."""
 
     features = FEATURES
@@ -130,7 +130,7 @@ class KafkaServerTransport:
             with ERRORS("kafka: cannot connect to %s", options.describe()):
                 await asyncio.gather(producer.start(), consumer.start())
                 await self._wait_metadata(consumer, topics)
-        except Exception:
+        except BaseException:  # cancelled too: neither may stay open
             await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
             raise
         self._outlet.producer = producer
@@ -395,6 +395,7 @@ class KafkaServerTransport:
             if not reachable:
                 if not lost:
                     lost = True
+                    self.report_connection(ConnectionStatus.RECONNECTING)
                     log.warning(
                         "kafka: group %s lost the connection to %s",
                         self.group_id,
@@ -406,6 +407,7 @@ class KafkaServerTransport:
                 return
             if lost:
                 lost = False
+                self.report_connection(ConnectionStatus.CONNECTED)
                 log.info(
                     "kafka: group %s reconnected to %s", self.group_id, self.options.describe()
                 )

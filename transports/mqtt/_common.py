@@ -132,8 +132,17 @@ class Link:
 
     async def _open(self) -> aiomqtt.Client:
         client = _new_client(self.options, self._manual_ack)
-        with ERRORS("cannot connect to MQTT at %s", self.options.address):
-            await client.__aenter__()
+        # aiomqtt connects in an executor thread that a cancel cannot stop: a cancelled
+        # connect lets it end, then disconnects, so no socket or task stays behind.
+        entering = asyncio.ensure_future(client.__aenter__())
+        try:
+            with ERRORS("cannot connect to MQTT at %s", self.options.address):
+                await asyncio.shield(entering)
+        except asyncio.CancelledError:
+            await asyncio.wait([entering])
+            if not entering.cancelled() and entering.exception() is None:
+                await _drop(client)
+            raise
         self.session += 1
         try:
             await self._restore(client)

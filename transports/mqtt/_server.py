@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.client import topic_matches_sub
 
-from polybus.abc import MessageSink, PublishedReplyContext, RouteSpec
+from polybus.abc import ConnectionReporter, MessageSink, PublishedReplyContext, RouteSpec
 from polybus.errors import ConfigError
 from polybus.packets import read_incoming
 from polybus.patterns import WildcardRoutes
@@ -66,7 +66,7 @@ class MqttContext(PublishedReplyContext):
             link.ack(self.message, self._session)
 
 
-class MqttServerTransport:
+class MqttServerTransport(ConnectionReporter):
     """Receives every route on one connection and replies on the same one."""
 
     features = FEATURES
@@ -89,7 +89,13 @@ class MqttServerTransport:
         self._subscriptions = [self._subscription(spec) for spec in routes]
         self._routes = WildcardRoutes((spec.route for spec in routes), "+#", topic_matches_sub)
         self._sink = sink
-        link = Link(self.options, self._on_message, self._restore, manual_ack=True)
+        link = Link(
+            self.options,
+            self._on_message,
+            self._restore,
+            on_status=self.report_connection,
+            manual_ack=True,
+        )
         self._link = link
         try:
             await link.connect()

@@ -110,13 +110,15 @@ async def open_connection(options: NatsOptions, owner: ConnectionCallbacks) -> N
             inbox_prefix=options.inbox_prefix,
             pending_size=options.pending_size,
         )
-    except ERRORS.catches as exc:
-        cause = (
-            nc.last_error if isinstance(exc, nats_errors.NoServersError) and nc.last_error else exc
-        )
+    except BaseException as exc:  # cancelled too: the socket may be open already
         owner._closing = True
         with contextlib.suppress(Exception):
             await nc.close()
+        if not isinstance(exc, ERRORS.catches):
+            raise
+        cause = (
+            nc.last_error if isinstance(exc, nats_errors.NoServersError) and nc.last_error else exc
+        )
         raise ERRORS.error(cause, "cannot connect to NATS at %s", options.describe()) from exc
     # Once connected, reconnect as configured (forever by default; 0: never).
     nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import errors as js_errors
 
-from polybus.abc import MessageSink, RouteSpec
+from polybus.abc import ConnectionReporter, ConnectionStatus, MessageSink, RouteSpec
 from polybus.errors import PolybusError
 from polybus.serializers import Serializer
 
@@ -38,7 +38,7 @@ from ._options import NatsOptions
 __all__ = ["NatsContext", "NatsServerTransport"]
 
 
-class NatsServerTransport(ConnectionCallbacks):
+class NatsServerTransport(ConnectionReporter, ConnectionCallbacks):
     features = FEATURES
 
     def __init__(self, options: NatsOptions, serializer: Serializer) -> None:
@@ -112,10 +112,12 @@ class NatsServerTransport(ConnectionCallbacks):
     async def _on_disconnected(self) -> None:
         if not self._closing:
             log.warning("NATS server connection to %s lost; reconnecting", self.options.describe())
+            self.report_connection(ConnectionStatus.RECONNECTING)
 
     async def _on_reconnected(self) -> None:
         if not self._closing:
             log.info("NATS server connection to %s restored", self.options.describe())
+            self.report_connection(ConnectionStatus.CONNECTED)
 
     async def delete_resources(self) -> None:
         """JetStream: delete this service's stream (and so its consumers)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from polybus.config import redact_url
 from polybus.errors import PolybusError, TransportError
@@ -16,6 +16,7 @@ from ._options import RabbitMQOptions
 from ._topology import declare_topology
 
 if TYPE_CHECKING:
+    import aio_pika
     import aio_pika.abc
 
 __all__ = ["Link"]
@@ -74,6 +75,7 @@ class Link:
         options = self.options
         errors: list[str] = []
         for url in options.urls:
+            made: list[aio_pika.abc.AbstractRobustConnection] = []
             try:
                 self.connection = await asyncio.wait_for(
                     aio_pika.connect_robust(
@@ -81,10 +83,18 @@ class Link:
                         ssl_context=options.client_ssl(),
                         reconnect_interval=options.reconnect_interval,
                         timeout=options.connect_timeout,
+                        connection_class=_recorded(made),
                     ),
                     options.connect_timeout + 1,
                 )
-            except ERRORS.catches as exc:
+            except BaseException as exc:
+                # A connect cancelled or timed out midway leaves the robust connection's
+                # reconnect loop running: only its own close() ends it.
+                for leftover in made:
+                    with contextlib.suppress(Exception):
+                        await leftover.close()
+                if not isinstance(exc, ERRORS.catches):
+                    raise
                 errors.append(f"{redact_url(url)}: {type(exc).__name__}: {exc}")
                 continue
             self._url = url
@@ -322,3 +332,16 @@ class Link:
             with contextlib.suppress(Exception):
                 await connection.close()
         self._fail_waiters()
+
+
+def _recorded(made: list[aio_pika.abc.AbstractRobustConnection]) -> type[aio_pika.RobustConnection]:
+    """A ``connection_class`` for ``connect_robust`` that keeps the connection it makes in
+    ``made``, so that a connect that does not return can still be closed."""
+    import aio_pika
+
+    def make(*args: Any, **kwargs: Any) -> aio_pika.abc.AbstractRobustConnection:
+        connection = aio_pika.RobustConnection(*args, **kwargs)
+        made.append(connection)
+        return connection
+
+    return cast("type[aio_pika.RobustConnection]", make)  # called like the class

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from polybus.abc import Context, MessageSink, RouteSpec
+from polybus.abc import ConnectionReporter, ConnectionStatus, Context, MessageSink, RouteSpec
 from polybus.config import redact_url
 from polybus.errors import ProtocolError, TransportError
 from polybus.packets import Reply, encode_reply, parse_deadline, read_incoming
@@ -126,7 +126,7 @@ class RabbitMQContext(Context):
         await server._reply(reply_to, self.correlation_id, body)
 
 
-class RabbitMQServerTransport:
+class RabbitMQServerTransport(ConnectionReporter):
     """Consumes the service queue; replies go to each request's ``reply_to``."""
 
     features = FEATURES
@@ -154,6 +154,7 @@ class RabbitMQServerTransport:
             DEFAULT_SERVER_PREFETCH if prefetch is None else prefetch,
             self._lost,
             self._consume,
+            lambda: self.report_connection(ConnectionStatus.CONNECTED),
             routes=names,
         )
         self._link = link
@@ -161,6 +162,7 @@ class RabbitMQServerTransport:
             await link.open()
         except BaseException:
             self._link = None
+            await link.close()  # a cancel during the channel setup left the connection open
             raise
 
     async def _consume(self, raw: Any) -> None:
@@ -181,6 +183,7 @@ class RabbitMQServerTransport:
     def _lost(self, exc: BaseException | None) -> None:
         if not self._stopping:
             log.warning("RabbitMQ channel closed (%s); reconnecting", exc)
+            self.report_connection(ConnectionStatus.RECONNECTING)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         sink = self._sink

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from polybus.abc import MessageSink, PublishedReplyContext, RouteSpec
+from polybus.abc import ConnectionReporter, MessageSink, PublishedReplyContext, RouteSpec
 from polybus.packets import read_incoming
 from polybus.serializers import Serializer
 
@@ -48,7 +48,7 @@ class RedisContext(PublishedReplyContext):
         self.channel = channel
 
 
-class RedisServerTransport:
+class RedisServerTransport(ConnectionReporter):
     """Receives every route on one subscriber connection; replies on one publisher."""
 
     features = FEATURES
@@ -75,7 +75,7 @@ class RedisServerTransport:
             spec.route.encode(): (spec.route, (spec.route + ".reply").encode()) for spec in routes
         }
         self._sink = sink
-        link = Link(self.options, self._on_message, self._restore)
+        link = Link(self.options, self._on_message, self._restore, on_status=self.report_connection)
         try:
             await link.connect()
         except BaseException:
