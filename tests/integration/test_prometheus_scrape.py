@@ -4,35 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
+from test_conformance import TRANSPORTS
 
 from polybus import Microservice, RpcError, RpcException, create_client
 from polybus.abc import SupportsCleanup
 from polybus.config import features_of
 from polybus.patterns import to_route
 from polybus.prometheus import PrometheusMiddleware
-from polybus.testing.brokers import broker_url
-
-TRANSPORTS: dict[str, Callable[[], str]] = {
-    "tcp": lambda: "tcp://127.0.0.1:0",
-    "redis": lambda: broker_url("redis"),
-    "nats": lambda: broker_url("nats"),
-    "nats-jetstream": lambda: _with_query(broker_url("nats"), "jetstream=true"),
-    "rabbitmq": lambda: broker_url("rabbitmq"),
-    "kafka": lambda: broker_url("kafka"),
-    "mqtt": lambda: broker_url("mqtt"),
-}
-
-
-def _with_query(url: str, query: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}{query}"
-
 
 OK, REFUSED, CRASHED, EVENTS, STREAMED_ITEMS = 5, 3, 2, 4, 3
 

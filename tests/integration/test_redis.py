@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from private_process import PrivateProcess, free_port
 
 from polybus import (
     ConfigError,
@@ -89,44 +88,15 @@ async def numsub(raw: Any, channel: str) -> int:
     return int(count)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
+class PrivateRedis(PrivateProcess):
     """A throwaway redis-server on a free port (never the shared broker)."""
 
     def __init__(self, *args: str) -> None:
-        self.port = _free_port()
+        port = free_port()
+        command = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command += ["--port", str(port)] if "--tls-port" not in args else []
+        super().__init__(command + list(args), port, within=10)
         self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            + (["--port", str(self.port)] if "--tls-port" not in self.args else [])
-            + list(self.args),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("private redis-server did not start") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
 
 
 @contextmanager
@@ -503,7 +473,7 @@ async def test_wildcards_psubscribe_and_reply_on_the_concrete_channel(
 
 
 async def test_connect_failure_is_a_transport_error_without_the_password() -> None:
-    port = _free_port()
+    port = free_port()
     client = create_client(f"redis://:hunter2@127.0.0.1:{port}", connect_timeout=2)
     with pytest.raises(TransportError) as info:
         await client.connect()
@@ -535,7 +505,7 @@ async def test_tls(tmp_path: Path) -> None:
     ca.cert_pem.write_to_path(str(ca_file))
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
-    port = _free_port()
+    port = free_port()
     args = (
         "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert_file),
         "--tls-key-file", str(key_file), "--tls-ca-cert-file", str(ca_file),

@@ -1,5 +1,5 @@
-"""``Microservice.status`` follows the broker connection: a private broker (its own port in
-25800-25899, never a shared one) is stopped and started again, and the server goes
+"""``Microservice.status`` follows the broker connection: a private broker (a free port of its
+own, never a shared one) is stopped and started again, and the server goes
 listening → reconnecting → listening, then answers again.
 
 Redis, NATS and Mosquitto run as throwaway processes started here (skipped without their
@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,40 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from private_process import PrivateProcess, free_port
 
 from polybus import Microservice, ServerStatus, create_client
 from polybus.testing.brokers import require
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class PrivateBroker:
-    """A broker process on a fixed private port, stopped and started at will."""
-
-    def __init__(self, command: list[str], port: int) -> None:
-        self.command = command
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.command[0]} did not start") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
 
 
 @contextmanager
@@ -67,22 +37,22 @@ def private_broker(kind: str) -> Iterator[tuple[str, Callable[[], None], Callabl
         require(f"the {kind} status test needs {binary} for a private broker")
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "redis":
-            port = 25810
+            port = free_port()
             command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port)]
             command += ["--save", "", "--appendonly", "no"]
             url = f"redis://127.0.0.1:{port}"
         elif kind == "nats":
-            port = 25820
+            port = free_port()
             command = [shutil.which(binary) or f"/usr/sbin/{binary}", "-a", "127.0.0.1"]
             command += ["-p", str(port)]
             url = f"nats://127.0.0.1:{port}"
         else:
-            port = 25830
+            port = free_port()
             config = Path(tmp) / "mosquitto.conf"
             config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
             command = [shutil.which(binary) or f"/usr/sbin/{binary}", "-c", str(config)]
             url = f"mqtt://127.0.0.1:{port}"
-        broker = PrivateBroker(command, port)
+        broker = PrivateProcess(command, port)
         broker.start()
         try:
             yield url, broker.stop, broker.start
