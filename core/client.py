@@ -18,6 +18,7 @@ from .abc import ClientTransport, ConnectionStatus, Release, no_release
 from .deadlines import Deadlines
 from .eager import result_or_task
 from .errors import ConfigError, RequestTimeout, RpcError, TransportError, short_repr
+from .listeners import Listeners
 from .middleware import (
     ClientMiddleware,
     EmitNext,
@@ -212,7 +213,7 @@ class ClientProxy:
         self._connecting: asyncio.Future[None] | None = None
         self._closed = False
         self._status = ConnectionStatus.DISCONNECTED
-        self._listeners: list[StatusListener] = []
+        self._listeners: Listeners[ConnectionStatus] = Listeners("connection status", log)
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._deadlines: Deadlines | None = None
         self._emitting: set[asyncio.Task[None]] = set()
@@ -253,8 +254,7 @@ class ClientProxy:
 
     def watch_status(self, listener: StatusListener) -> Callable[[], None]:
         """Call ``listener`` on every connection state change; returns an unsubscribe."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        return self._listeners.add(listener)
 
     @property
     def pending_count(self) -> int:
@@ -295,11 +295,7 @@ class ClientProxy:
 
     def on_status(self, status: ConnectionStatus) -> None:
         self._status = status
-        for listener in list(self._listeners):
-            try:
-                listener(status)
-            except Exception:
-                log.exception("connection status listener failed")
+        self._listeners.notify(status)
 
     # -- lifecycle -----------------------------------------------------------------------
 

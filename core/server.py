@@ -22,6 +22,7 @@ from .abc import (
 from .eager import start_eagerly
 from .errors import ConfigError, RpcException, describe_error, short_repr
 from .handlers import HANDLERS_ATTR, Handler, HandlerMark
+from .listeners import Listeners
 from .logcontext import MESSAGE, LogContextFilter
 from .middleware import STREAMED, Inbound, ServerMiddleware, check_middleware, server_chain
 from .packets import MISSING, Reply
@@ -119,7 +120,7 @@ class Microservice:
             "after_shutdown": list(after_shutdown),
         }
         self._status = ServerStatus.STOPPED
-        self._status_listeners: list[StatusListener] = []
+        self._status_listeners: Listeners[ServerStatus] = Listeners("server status", log)
         self._ready: asyncio.Future[None] | None = None
         """Resolved when a ``listen()`` returns, failed or cancelled when it does not;
         replaced by the next ``listen()`` or a ``close()``."""
@@ -225,18 +226,13 @@ class Microservice:
 
     def watch_status(self, listener: StatusListener) -> Callable[[], None]:
         """Call ``listener`` on every status change; returns an unsubscribe."""
-        self._status_listeners.append(listener)
-        return lambda: self._status_listeners.remove(listener)
+        return self._status_listeners.add(listener)
 
     def _set_status(self, status: ServerStatus) -> None:
         if status is self._status:
             return
         self._status = status
-        for listener in list(self._status_listeners):
-            try:
-                listener(status)
-            except Exception:
-                log.exception("server status listener failed")
+        self._status_listeners.notify(status)
 
     def _on_connection(self, status: ConnectionStatus) -> None:
         """The transport's connection report: only a listening server changes with it."""
