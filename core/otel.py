@@ -179,22 +179,15 @@ def _system(transport: str) -> str:
 @contextmanager
 def _current(span: Span, context: OtelContext | None = None) -> Iterator[Span]:
     """``span`` current (in ``context``) for the block, then ended, with the failure the
-    block raised recorded.
-
-    The context before is restored by value, not with :func:`~opentelemetry.context.detach`:
-    polybus starts a handler eagerly, and on Python < 3.12 one that suspends goes on in a
-    Task, in a copy of the context it started in, where a token from before the copy
-    cannot be reset (it would log "Failed to detach context" and leave the span current).
-    """
-    previous = otel_context.get_current()
-    otel_context.attach(trace.set_span_in_context(span, context))
+    block raised recorded."""
+    token = otel_context.attach(trace.set_span_in_context(span, context))
     try:
         yield span
     except Exception as exc:
         _fail(span, exc)
         raise
     finally:
-        otel_context.attach(previous)
+        otel_context.detach(token)
         span.end()
 
 
