@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from private_process import PrivateProcess, free_port
 
 from polybus import Microservice, ServerStatus, create_client
 from polybus.abc import SupportsCleanup
@@ -23,29 +24,30 @@ pytestmark = pytest.mark.skipif(
 )
 
 TRANSPORTS = ["tcp", "redis", "nats", "rabbitmq", "kafka", "mqtt"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+RELAY = str(Path(__file__).with_name("lagging_relay.py"))
 
 
 def _url(transport: str) -> str:
     if transport == "tcp":
-        return f"tcp://127.0.0.1:{_free_port()}"
+        return f"tcp://127.0.0.1:{free_port()}"
     return broker_url(transport)
 
 
-def build(transport: str, prefix: str) -> Microservice:
+def _through(url: str, port: int) -> str:
+    """``url`` with its broker address replaced by 127.0.0.1:``port``."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}"))
+
+
+def build(transport: str, prefix: str, url: str | None = None) -> Microservice:
     """A service with one request and one event route, isolated by ``prefix``."""
     options: dict[str, Any] = {}
     if transport == "rabbitmq":
         options["queue"] = f"{prefix}-queue"
     if transport == "kafka":
         options["group_id"] = f"{prefix}-group"
-    app = Microservice(_url(transport), grace=0.5, **options)
+    app = Microservice(url or _url(transport), grace=0.5, **options)
 
     @app.message_pattern(f"{prefix}.echo")
     def echo(data: Any) -> Any:
@@ -95,12 +97,8 @@ def prefix() -> str:
     return f"pblife{uuid.uuid4().hex[:10]}"
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.0005, 0.001, 0.002, 0.005, 0.05, 0.3])
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_cancelled_listen_leaves_nothing_open(
-    transport: str, delay: float, prefix: str
-) -> None:
-    app = build(transport, prefix)
+async def cancel_listen_after(app: Microservice, delay: float) -> None:
+    """Cancel ``app.listen()`` ``delay`` s in: it stops, and nothing it opened stays open."""
     app.transport  # noqa: B018 - built (and its URL checked) before the snapshot
     tasks_before, sockets_before = set(asyncio.all_tasks()), sockets()
     listening = asyncio.create_task(app.listen())
@@ -117,9 +115,46 @@ async def test_a_cancelled_listen_leaves_nothing_open(
             await app.close()  # a no-op that does not raise
         else:  # listen() was done before the cancel: an ordinary close
             await app.close()
-        assert await leftovers(tasks_before, sockets_before) == ""
+        assert await leftovers(tasks_before, sockets_before) == "", f"cancelled {delay} s in"
     finally:
         await cleanup(app)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.0005, 0.001, 0.002, 0.005, 0.05, 0.3])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_cancelled_listen_leaves_nothing_open(
+    transport: str, delay: float, prefix: str
+) -> None:
+    await cancel_listen_after(build(transport, prefix), delay)
+
+
+@pytest.mark.parametrize("transport", ["redis", "nats", "rabbitmq", "mqtt"])
+async def test_a_listen_cancelled_at_each_stage_of_a_slow_connect_leaves_nothing_open(
+    transport: str, prefix: str
+) -> None:
+    """Through a relay that holds each chunk 5 ms each way, every step of the connect and
+    setup takes a visible 10 ms: cancelled at 16 moments spread over a whole listen(), each
+    stage is hit by time rather than by luck. (Found this way: a RabbitMQ connection closed
+    while its first attempt was midway left that attempt's AMQP connection open.)"""
+    direct = broker_url(transport)
+    port = free_port()
+    relay = PrivateProcess(
+        [sys.executable, RELAY, str(port), str(urlsplit(direct).port), "0.005"], port
+    )
+    relay.start()
+    try:
+        url = _through(direct, port)
+        loop = asyncio.get_running_loop()
+        app = build(transport, prefix, url)
+        started = loop.time()
+        await app.listen()
+        took = loop.time() - started
+        await app.close()
+        await cleanup(app)
+        for moment in range(1, 17):
+            await cancel_listen_after(build(transport, prefix, url), took * moment / 17)
+    finally:
+        relay.stop()
 
 
 @pytest.mark.broker("kafka")
