@@ -13,13 +13,14 @@ assignment) share reply topics at once, each getting exactly its own replies.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import harness  # tests/integration/nest/harness.py
 import pytest
-from twin import build_twin, patterns  # tests/integration/nest/twin.py
+from twin import TICK, build_twin, patterns  # tests/integration/nest/twin.py
 
 from polybus import (
     Record,
@@ -100,6 +101,50 @@ async def test_nestjs_client_calls_polybus_server(nest_ready: None, url: str, pr
     assert ctx.topic == patterns(prefix, kafka=True)["sum"]
     assert ctx.headers["kafka_replyTopic"] == patterns(prefix, kafka=True)["sum"] + ".reply"
     assert "kafka_correlationId" in ctx.headers and "x-polybus-type" not in ctx.headers
+
+
+async def test_nestjs_caller_gets_null_and_each_stream_item_as_it_is_yielded(
+    nest_ready: None, url: str, prefix: str
+) -> None:
+    """test_interop.py's parity check on Kafka: a handler returning None gives a NestJS
+    caller's firstValueFrom() null, and each item of a slow stream reaches it within half
+    the interval of being yielded (as text, then the completion's null, §7.6)."""
+    twin = build_twin(url, prefix, kafka=True, parity=True, group_id=f"pb-{prefix}-group")
+    async with twin:
+        # tansu can hold a waiting fetch until its wait is over rather than answer when a
+        # record comes: the NestJS consumer's wait (100 ms here by default) bounds how late
+        # it may see one.
+        env = {**nest_env(url, prefix), "NEST_PARITY": "1", "NEST_KAFKA_MAX_WAIT_MS": "10"}
+        result = await harness.run_nest_client("KAFKA", env, timeout=120)
+        await twin.app.transport.delete_resources()  # type: ignore[attr-defined]
+    assert result["none"] is None
+    assert [t["item"] for t in result["ticks"]] == ["0", "1", "2", None]
+    items = result["ticks"][:3]
+    late = [t["at"] / 1000 - at for t, at in zip(items, twin.yielded, strict=True)]
+    assert max(late) < TICK / 2, f"items arrived {late} s after they were yielded"
+
+
+async def test_polybus_caller_gets_none_and_each_stream_item_as_it_is_emitted(
+    nest_ready: None, url: str, prefix: str
+) -> None:
+    """The other direction on Kafka: a NestJS handler returning null gives ``send()`` None,
+    and each item of a NestJS Observable reaches a polybus iterator within half the interval
+    of its emission (its completion, travelling alone, adds no item)."""
+    p = patterns(prefix, kafka=True)
+    env = {**nest_env(url, prefix), "NEST_PARITY": "1"}
+    async with (
+        harness.start_nest_server("KAFKA", env) as nest,
+        create_client(url, timeout=30, fetch_max_wait_ms=10) as client,  # as the other way
+    ):
+        assert await _first_answer(lambda: client.send(p["none"], {}, timeout=5)) is None
+        arrived: list[tuple[Any, float]] = []
+        async for item in client.send(p["ticks"], {}):
+            arrived.append((item, time.time()))
+        emitted = await nest.wait_for_events(3)
+    assert [item for item, _ in arrived] == ["0", "1", "2"]
+    at = {str(e["data"]["item"]): e["data"]["at"] / 1000 for e in emitted}
+    late = [when - at[item] for item, when in arrived]
+    assert max(late) < TICK / 2, f"items arrived {late} s after they were emitted"
 
 
 async def test_nestjs_and_polybus_clients_share_reply_topics(

@@ -42,7 +42,8 @@ const client = ClientProxyFactory.create(transportConfig('client'));
 
 async function main() {
   if (IS_KAFKA) {
-    for (const pattern of [PATTERNS.sum, PATTERNS.stream, PATTERNS.fail]) {
+    const parity = process.env.NEST_PARITY === '1' ? [PATTERNS.none, PATTERNS.ticks] : [];
+    for (const pattern of [PATTERNS.sum, PATTERNS.stream, PATTERNS.fail, ...parity]) {
       client.subscribeToResponseOf(pattern);
     }
   }

@@ -68,11 +68,14 @@ def build_twin(
     prefix: str,
     *,
     kafka: bool = False,
+    parity: bool | None = None,
     wildcard: str | None = None,
     **options: Any,
 ) -> Twin:
     """The twin serving on ``url`` (``options`` go to ``Microservice``); with ``wildcard``
-    it also answers that pattern with ``{"wild": data}``, as server.mjs's NEST_WILDCARD."""
+    it also answers that pattern with ``{"wild": data}``, as server.mjs's NEST_WILDCARD.
+    ``parity``: also none and ticks, as server.mjs's NEST_PARITY (by default not on Kafka,
+    where they would be two more topics in a group a NestJS server may share)."""
     p = patterns(prefix, kafka=kafka)
     app = Microservice(url, **options)
     twin = Twin(app)
@@ -96,7 +99,7 @@ def build_twin(
     def placed(data: Any) -> None:
         twin.events.append(data)
 
-    if not kafka:  # none and ticks are NEST_PARITY's, which client.mjs runs off Kafka
+    if not kafka if parity is None else parity:
 
         @app.message_pattern(p["none"])
         def nothing(_: Any) -> None:
