@@ -18,34 +18,15 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_server_lifecycle import build, cleanup, leftovers, sockets
-
-
-async def one(transport: str, delay: float) -> tuple[bool, str]:
-    """Whether the cancel interrupted ``listen()``, and what it left open."""
-    app = build(transport, f"pbstress{uuid.uuid4().hex[:10]}")
-    app.transport  # noqa: B018 - built (and its URL checked) before the snapshot
-    tasks_before, sockets_before = set(asyncio.all_tasks()), sockets()
-    listening = asyncio.create_task(app.listen())
-    await asyncio.sleep(delay)
-    listening.cancel()
-    try:
-        await listening
-        cancelled = False
-    except asyncio.CancelledError:
-        cancelled = True
-    await app.close()
-    try:
-        return cancelled, await leftovers(tasks_before, sockets_before)
-    finally:
-        await cleanup(app)
+from test_server_lifecycle import build, cancel_listen
 
 
 async def main(transport: str, runs: int, within: float) -> int:
     cancelled = left_open = 0
     for _ in range(runs):
         delay = random.uniform(0, within)
-        interrupted, left = await one(transport, delay)
+        app = build(transport, f"pbstress{uuid.uuid4().hex[:10]}")
+        interrupted, left = await cancel_listen(app, delay)
         cancelled += interrupted
         if left:
             left_open += 1

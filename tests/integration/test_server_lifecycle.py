@@ -97,8 +97,9 @@ def prefix() -> str:
     return f"pblife{uuid.uuid4().hex[:10]}"
 
 
-async def cancel_listen_after(app: Microservice, delay: float) -> None:
-    """Cancel ``app.listen()`` ``delay`` s in: it stops, and nothing it opened stays open."""
+async def cancel_listen(app: Microservice, delay: float) -> tuple[bool, str]:
+    """Cancel ``app.listen()`` ``delay`` s in and close the service: whether the cancel
+    interrupted it (it is then stopped), and what it left open (:func:`leftovers`)."""
     app.transport  # noqa: B018 - built (and its URL checked) before the snapshot
     tasks_before, sockets_before = set(asyncio.all_tasks()), sockets()
     listening = asyncio.create_task(app.listen())
@@ -112,12 +113,15 @@ async def cancel_listen_after(app: Microservice, delay: float) -> None:
     try:
         if cancelled:
             assert app.status is ServerStatus.STOPPED
-            await app.close()  # a no-op that does not raise
-        else:  # listen() was done before the cancel: an ordinary close
-            await app.close()
-        assert await leftovers(tasks_before, sockets_before) == "", f"cancelled {delay} s in"
+        await app.close()  # after a cancel a no-op that does not raise, else an ordinary close
+        return cancelled, await leftovers(tasks_before, sockets_before)
     finally:
         await cleanup(app)
+
+
+async def cancel_listen_after(app: Microservice, delay: float) -> None:
+    _, left = await cancel_listen(app, delay)
+    assert left == "", f"cancelled {delay} s in"
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.0005, 0.001, 0.002, 0.005, 0.05, 0.3])
