@@ -49,6 +49,55 @@ def test_no_file_under_core_imports_a_broker_library() -> None:
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def _sibling_imports(path: Path, siblings: set[str]) -> set[str]:
+    """The modules of ``path``'s own package that it imports (``from ._x import …``,
+    ``from . import _x``), at run time or for type checking alike."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found & siblings - {path.stem}
+
+
+def _a_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` (module → modules it imports), or ``[]``."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str]:
+        for imported in sorted(graph[module]):
+            if imported in path:
+                return [*path[path.index(imported) :], imported]
+            if imported not in done:
+                cycle = visit(imported, [*path, imported])
+                if cycle:
+                    return cycle
+        done.add(module)
+        return []
+
+    for module in sorted(graph):
+        cycle = [] if module in done else visit(module, [module])
+        if cycle:
+            return cycle
+    return []
+
+
+def test_no_transport_package_has_an_import_cycle() -> None:
+    """An adapter's modules import each other one way only (Kafka's context and server once
+    imported each other and set each other's private attributes)."""
+    assert _a_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    packages = [p for p in sorted((ROOT / "transports").iterdir()) if (p / "__init__.py").exists()]
+    assert len(packages) >= 6
+    cycles = {}
+    for package in packages:
+        modules = {path.stem: path for path in package.glob("*.py")}
+        graph = {name: _sibling_imports(path, set(modules)) for name, path in modules.items()}
+        cycles[package.name] = _a_cycle(graph)
+    assert {name: cycle for name, cycle in cycles.items() if cycle} == {}
+
+
 def test_core_names_no_transport() -> None:
     """Core keeps no list of transports: no scheme table, no NestJS name table, and the
     test kit no table of brokers (each transport declares its own ``test_broker``)."""
