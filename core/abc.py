@@ -60,6 +60,11 @@ class ServerStatus(str, enum.Enum):
     """Receiving messages."""
     RECONNECTING = "reconnecting"
     """The transport lost its broker connection and is restoring it: nothing is received."""
+    FAILED = "failed"
+    """The transport gave up restoring its broker connection (a bounded reconnect, such as
+    MQTT's ``retry_attempts``): nothing is received. ``run()`` then closes the service and
+    raises :class:`~polybus.errors.TransportError`; after ``listen()`` it stays so until
+    ``close()``."""
     STOPPING = "stopping"
     """``close()`` is running: the ``on_shutdown`` hooks, then intake stops and in-flight
     handlers drain."""

@@ -20,7 +20,7 @@ from .abc import (
     ServerTransport,
 )
 from .eager import start_eagerly
-from .errors import ConfigError, RpcException, describe_error, short_repr
+from .errors import ConfigError, RpcException, TransportError, describe_error, short_repr
 from .handlers import HANDLERS_ATTR, Handler, HandlerMark
 from .listeners import Listeners
 from .logcontext import MESSAGE, LogContextFilter
@@ -43,6 +43,7 @@ Hook = Callable[[], Any]
 H = TypeVar("H", bound=Hook)
 
 StatusListener = Callable[[ServerStatus], None]
+_SERVING = (ServerStatus.LISTENING, ServerStatus.RECONNECTING)
 
 DEFAULT_MAX_CONCURRENCY = 1024
 """Handlers running at once; beyond it, intake waits (back-pressure to the transport)."""
@@ -113,6 +114,7 @@ class Microservice:
         self._intake_stopped = False
         """Set once ``close()`` stops intake (after the ``on_shutdown`` hooks)."""
         self._stopped: asyncio.Event | None = None
+        """Set when serving ends: ``close()`` finished, or the transport gave up."""
         self._hooks: dict[str, list[Hook]] = {
             "on_startup": list(on_startup),
             "after_startup": list(after_startup),
@@ -235,10 +237,22 @@ class Microservice:
         self._status_listeners.notify(status)
 
     def _on_connection(self, status: ConnectionStatus) -> None:
-        """The transport's connection report: only a listening server changes with it."""
-        if self._status is ServerStatus.LISTENING and status is not ConnectionStatus.CONNECTED:
+        """The transport's connection report: only a listening server changes with it. A
+        connection closed while listening (not by ``close()``) means the transport gave up
+        reconnecting: the service has failed, and ``run()`` ends."""
+        current = self._status
+        if status is ConnectionStatus.CLOSED and current in _SERVING and not self._closing:
+            log.error(
+                "%s: the %s transport gave up reconnecting to its broker; nothing is received",
+                self.name or "microservice",
+                self._transport_name,
+            )
+            self._set_status(ServerStatus.FAILED)
+            if self._stopped is not None:
+                self._stopped.set()
+        elif current is ServerStatus.LISTENING and status is not ConnectionStatus.CONNECTED:
             self._set_status(ServerStatus.RECONNECTING)
-        elif self._status is ServerStatus.RECONNECTING and status is ConnectionStatus.CONNECTED:
+        elif current is ServerStatus.RECONNECTING and status is ConnectionStatus.CONNECTED:
             self._set_status(ServerStatus.LISTENING)
 
     async def wait_ready(self) -> None:
@@ -378,7 +392,9 @@ class Microservice:
             await asyncio.wait(still_running)
 
     async def run(self) -> None:
-        """Listen until SIGINT/SIGTERM (or ``close()``), then shut down gracefully."""
+        """Listen until SIGINT/SIGTERM (or ``close()``), then shut down gracefully. If the
+        transport gives up reconnecting meanwhile (:attr:`ServerStatus.FAILED`), it shuts
+        down too and raises :class:`TransportError`, so that a supervisor restarts it."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         installed = []
@@ -390,6 +406,7 @@ class Microservice:
             except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
                 pass
         waiters: list[asyncio.Future[Any]] = []
+        failed = False
         try:
             await self.listen()
             assert self._stopped is not None
@@ -398,12 +415,18 @@ class Microservice:
                 asyncio.ensure_future(self._stopped.wait()),
             ]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            failed = self._status is ServerStatus.FAILED
         finally:
             for waiter in waiters:
                 waiter.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.close()
+        if failed:
+            raise TransportError(
+                f"{self.name or 'microservice'}: the {self._transport_name} transport gave up "
+                "reconnecting to its broker"
+            )
 
     async def __aenter__(self) -> Microservice:
         await self.listen()

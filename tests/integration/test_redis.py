@@ -579,6 +579,11 @@ async def test_gives_up_after_retry_attempts() -> None:
             client.watch_status(statuses.append)
             await client.connect()
             server.stop()
-            await wait_until(lambda: statuses.count(ConnectionStatus.DISCONNECTED) >= 2, timeout=5)
+            await wait_until(lambda: ConnectionStatus.CLOSED in statuses, timeout=5)
+            assert statuses == [
+                ConnectionStatus.DISCONNECTED,
+                ConnectionStatus.RECONNECTING,
+                ConnectionStatus.CLOSED,
+            ]
             with pytest.raises(TransportError, match="unreachable"):
                 await client.send("x", 1)

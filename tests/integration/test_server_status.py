@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from private_process import PrivateProcess, free_port
 
-from polybus import Microservice, ServerStatus, create_client
+from polybus import Microservice, ServerStatus, TransportError, create_client
 from polybus.testing.brokers import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +111,34 @@ async def test_status_follows_a_broker_restart(kind: str) -> None:
         options["max_retry_delay"] = 0.5
     with private_broker(kind) as (url, stop, start):
         assert await restart_and_watch(url, stop, start, **options) == EXPECTED
+
+
+GIVING_UP = {
+    "redis": "retry_attempts=2&retry_delay=0.05",
+    "nats": "max_reconnect_attempts=2&reconnect_time_wait=0.05",
+    "mqtt": "retry_attempts=2&retry_delay=0.05",
+}
+"""Each transport's bounded reconnect, as URL options."""
+
+
+@pytest.mark.parametrize("kind", list(GIVING_UP))
+async def test_a_transport_that_gives_up_ends_run_with_an_error(kind: str) -> None:
+    """With a bounded reconnect and a broker that stays down, the service fails: ``run()``
+    shuts it down and raises, so that a supervisor restarts it (before, it went on
+    running, subscribed to nothing, its status "reconnecting" for ever)."""
+    pytest.importorskip({"redis": "redis", "nats": "nats", "mqtt": "aiomqtt"}[kind])
+    with private_broker(kind) as (url, stop, _):
+        app = Microservice(f"{url}?{GIVING_UP[kind]}")
+        app.message_pattern(f"pbstatus.{uuid.uuid4().hex[:10]}")(lambda data: data)
+        seen: list[ServerStatus] = []
+        app.watch_status(seen.append)
+        running = asyncio.create_task(app.run())
+        await app.wait_ready()
+        await asyncio.to_thread(stop)
+        with pytest.raises(TransportError, match="gave up reconnecting"):
+            await asyncio.wait_for(running, 60)
+    assert seen[-3:] == [ServerStatus.FAILED, ServerStatus.STOPPING, ServerStatus.STOPPED]
+    assert seen[:3] == [ServerStatus.STARTING, ServerStatus.LISTENING, ServerStatus.RECONNECTING]
 
 
 RMQ_SCRIPT = ROOT / ".ci" / "rabbitmq-faults.sh"

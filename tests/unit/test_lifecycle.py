@@ -256,3 +256,46 @@ async def test_connection_reports_move_the_status() -> None:
         ServerStatus.STOPPING,
         ServerStatus.STOPPED,
     ]
+
+
+async def test_a_transport_that_gives_up_fails_the_service_and_ends_run() -> None:
+    """A connection closed while listening (not by ``close()``) is a transport that gave
+    up reconnecting: the service is FAILED, and ``run()`` shuts it down and raises, so that
+    a supervisor can restart the process instead of it idling, subscribed to nothing."""
+    transport = Reporting(uuid.uuid4().hex)
+    shut_down: list[str] = []
+    app = Microservice(transport=transport, on_shutdown=[lambda: shut_down.append("hook")])
+    app.message_pattern("echo")(lambda data: data)
+    seen: list[ServerStatus] = []
+    app.watch_status(seen.append)
+    running = asyncio.create_task(app.run())
+    await app.wait_ready()
+    transport.report_connection(ConnectionStatus.RECONNECTING)
+    transport.report_connection(ConnectionStatus.CLOSED)
+    with pytest.raises(TransportError, match="memory transport gave up reconnecting"):
+        await running
+    assert shut_down == ["hook"]
+    assert seen == [
+        ServerStatus.STARTING,
+        ServerStatus.LISTENING,
+        ServerStatus.RECONNECTING,
+        ServerStatus.FAILED,
+        ServerStatus.STOPPING,
+        ServerStatus.STOPPED,
+    ]
+
+
+async def test_a_failed_service_started_by_listen_stays_failed_until_closed() -> None:
+    transport = Reporting(uuid.uuid4().hex)
+    app = Microservice(transport=transport)
+    app.message_pattern("echo")(lambda data: data)
+    await app.listen()
+    transport.report_connection(ConnectionStatus.CLOSED)
+    assert app.status is ServerStatus.FAILED
+    transport.report_connection(ConnectionStatus.CONNECTED)  # given up: nothing restores it
+    assert app.status is ServerStatus.FAILED
+    await app.close()
+    assert app.status is ServerStatus.STOPPED
+    await app.listen()  # a new start serves again
+    assert app.status is ServerStatus.LISTENING
+    await app.close()

@@ -119,6 +119,17 @@ class NatsServerTransport(ConnectionReporter, ConnectionCallbacks):
             log.info("NATS server connection to %s restored", self.options.describe())
             self.report_connection(ConnectionStatus.CONNECTED)
 
+    async def _on_closed(self) -> None:
+        """nats-py gave up (``max_reconnect_attempts``, or the server refused a reconnect)."""
+        if not self._closing:
+            nc = self._nc
+            log.error(
+                "NATS server connection to %s closed: %r",
+                self.options.describe(),
+                nc and nc.last_error,
+            )
+            self.report_connection(ConnectionStatus.CLOSED)
+
     async def delete_resources(self) -> None:
         """JetStream: delete this service's stream (and so its consumers)."""
         if self._events is None:

@@ -180,7 +180,7 @@ class Link:
                     if not self._ready.done():
                         self._ready.set_exception(exc)
                         self._ready.exception()
-                    self._report(ConnectionStatus.DISCONNECTED)
+                    self._report(ConnectionStatus.CLOSED)  # for good: calls fail from now on
                     return
                 log.info("reconnecting to %s failed: %s", options.address, exc)
                 delay = min(delay * 2, options.max_retry_delay)
