@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +23,6 @@ from twin import TICK, build_twin, patterns  # tests/integration/nest/twin.py
 
 from polybus import (
     Record,
-    RequestTimeout,
     RpcError,
     create_client,
 )
@@ -44,15 +42,6 @@ def nest_env(url: str, prefix: str) -> dict[str, str]:
     return {"NEST_BROKERS": netloc, "NEST_PREFIX": prefix}
 
 
-async def _first_answer(call: Callable[[], Awaitable[Any]], attempts: int = 12) -> Any:
-    for _ in range(attempts - 1):
-        try:
-            return await call()
-        except RequestTimeout:
-            continue
-    return await call()
-
-
 async def test_polybus_client_calls_nestjs_server(nest_ready: None, url: str, prefix: str) -> None:
     p = patterns(prefix, kafka=True)
     async with (
@@ -63,7 +52,10 @@ async def test_polybus_client_calls_nestjs_server(nest_ready: None, url: str, pr
         # partitions: a request produced before then is never read (kafkajs starts at the
         # log's end). Ask until the service answers; NestJS returns the number 10, and
         # KafkaParser on our side reads the text "10".
-        assert await _first_answer(lambda: client.send(p["sum"], [1, 2, 3, 4], timeout=5)) == "10"
+        assert (
+            await harness.first_answer(lambda: client.send(p["sum"], [1, 2, 3, 4], timeout=5))
+            == "10"
+        )
         # server.mjs completes on a later tick: the completion travels alone with a null
         # value, which NestJS's own client turns into a trailing null; polybus does not.
         assert [item async for item in client.send(p["stream"], {})] == ["1", "2", "3"]
@@ -136,7 +128,7 @@ async def test_polybus_caller_gets_none_and_each_stream_item_as_it_is_emitted(
         harness.start_nest_server("KAFKA", env) as nest,
         create_client(url, timeout=30, fetch_max_wait_ms=10) as client,  # as the other way
     ):
-        assert await _first_answer(lambda: client.send(p["none"], {}, timeout=5)) is None
+        assert await harness.first_answer(lambda: client.send(p["none"], {}, timeout=5)) is None
         arrived: list[tuple[Any, float]] = []
         async for item in client.send(p["ticks"], {}):
             arrived.append((item, time.time()))

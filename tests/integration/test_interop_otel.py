@@ -11,9 +11,7 @@ transports have no such instrumentation (nothing reads ``traceparent`` from thei
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import harness  # tests/integration/nest/harness.py
@@ -24,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from test_interop import SIDES, Side
 from twin import build_twin, patterns  # tests/integration/nest/twin.py
 
-from polybus import RequestTimeout, create_client
+from polybus import create_client
 from polybus.otel import Tracing
 from polybus.patterns import to_route
 from polybus.testing.brokers import broker_url, require
@@ -73,17 +71,6 @@ def _hex(span: ReadableSpan) -> tuple[str, str]:
     return format(span.context.trace_id, "032x"), format(span.context.span_id, "016x")
 
 
-async def _first_answer(call: Callable[[], Awaitable[Any]], attempts: int = 12) -> Any:
-    """A NestJS Kafka service says READY before its group has partitions, and never reads
-    what was produced before then (test_interop_kafka.py): ask until it answers."""
-    for _ in range(attempts - 1):
-        try:
-            return await call()
-        except RequestTimeout:
-            continue
-    return await call()
-
-
 @pytest.mark.parametrize("name", list(ALL))
 async def test_traced_polybus_client_calls_nestjs_server(
     name: str, tmp_path: Path, tracing: Tracing, exporter: InMemorySpanExporter
@@ -99,7 +86,7 @@ async def test_traced_polybus_client_calls_nestjs_server(
         harness.start_nest_server(side.nest, env) as nest,
         create_client(url, timeout=30, middleware=[tracing], **options) as client,
     ):
-        total = await _first_answer(lambda: client.send(p["sum"], [1, 2, 3, 4], timeout=5))
+        total = await harness.first_answer(lambda: client.send(p["sum"], [1, 2, 3, 4], timeout=5))
         assert total == ("10" if name == "kafka" else 10)
         await client.emit(p["order_placed"], harness.ORDER)
         events = await nest.wait_for_events(1, timeout=30)

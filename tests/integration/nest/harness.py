@@ -30,7 +30,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -75,6 +75,22 @@ async def wait_until(check: Callable[[], object], timeout: float = 10.0) -> None
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+async def first_answer(call: Callable[[], Awaitable[Any]], attempts: int = 12) -> Any:
+    """The first answer of ``call`` that does not time out (the last attempt's error else).
+
+    A NestJS Kafka service says READY once kafkajs's consumer runs, which can be before its
+    group has partitions, and never reads what was produced before then (kafkajs starts at
+    the log's end): ask until it answers."""
+    from polybus import RequestTimeout
+
+    for _ in range(attempts - 1):
+        try:
+            return await call()
+        except RequestTimeout:
+            continue
+    return await call()
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
