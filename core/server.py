@@ -242,11 +242,7 @@ class Microservice:
         reconnecting: the service has failed, and ``run()`` ends."""
         current = self._status
         if status is ConnectionStatus.CLOSED and current in _SERVING and not self._closing:
-            log.error(
-                "%s: the %s transport gave up reconnecting to its broker; nothing is received",
-                self.name or "microservice",
-                self._transport_name,
-            )
+            log.error("%s; nothing is received", self._gave_up())
             self._set_status(ServerStatus.FAILED)
             if self._stopped is not None:
                 self._stopped.set()
@@ -423,10 +419,11 @@ class Microservice:
                 loop.remove_signal_handler(sig)
             await self.close()
         if failed:
-            raise TransportError(
-                f"{self.name or 'microservice'}: the {self._transport_name} transport gave up "
-                "reconnecting to its broker"
-            )
+            raise TransportError(self._gave_up())
+
+    def _gave_up(self) -> str:
+        name = self.name or "microservice"
+        return f"{name}: the {self._transport_name} transport gave up reconnecting to its broker"
 
     async def __aenter__(self) -> Microservice:
         await self.listen()

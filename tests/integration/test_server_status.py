@@ -29,6 +29,10 @@ from polybus.testing.brokers import require
 ROOT = Path(__file__).resolve().parents[2]
 
 
+CLIENT_LIBRARY = {"redis": "redis", "nats": "nats", "mqtt": "aiomqtt"}
+"""The client library each private-broker case needs."""
+
+
 @contextmanager
 def private_broker(kind: str) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
     """``(url, stop, start)`` of a private ``kind`` broker, stopped at the end."""
@@ -105,7 +109,7 @@ EXPECTED = [
 
 @pytest.mark.parametrize("kind", ["redis", "nats", "mqtt"])
 async def test_status_follows_a_broker_restart(kind: str) -> None:
-    pytest.importorskip({"redis": "redis", "nats": "nats", "mqtt": "aiomqtt"}[kind])
+    pytest.importorskip(CLIENT_LIBRARY[kind])
     options: dict[str, Any] = {}
     if kind in ("redis", "mqtt"):
         options["max_retry_delay"] = 0.5
@@ -126,7 +130,7 @@ async def test_a_transport_that_gives_up_ends_run_with_an_error(kind: str) -> No
     """With a bounded reconnect and a broker that stays down, the service fails: ``run()``
     shuts it down and raises, so that a supervisor restarts it (before, it went on
     running, subscribed to nothing, its status "reconnecting" for ever)."""
-    pytest.importorskip({"redis": "redis", "nats": "nats", "mqtt": "aiomqtt"}[kind])
+    pytest.importorskip(CLIENT_LIBRARY[kind])
     with private_broker(kind) as (url, stop, _):
         app = Microservice(f"{url}?{GIVING_UP[kind]}")
         app.message_pattern(f"pbstatus.{uuid.uuid4().hex[:10]}")(lambda data: data)

@@ -76,6 +76,8 @@ def build_twin(
     it also answers that pattern with ``{"wild": data}``, as server.mjs's NEST_WILDCARD.
     ``parity``: also none and ticks, as server.mjs's NEST_PARITY (by default not on Kafka,
     where they would be two more topics in a group a NestJS server may share)."""
+    if parity is None:
+        parity = not kafka
     p = patterns(prefix, kafka=kafka)
     app = Microservice(url, **options)
     twin = Twin(app)
@@ -99,7 +101,7 @@ def build_twin(
     def placed(data: Any) -> None:
         twin.events.append(data)
 
-    if not kafka if parity is None else parity:
+    if parity:
 
         @app.message_pattern(p["none"])
         def nothing(_: Any) -> None:
